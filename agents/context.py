@@ -157,8 +157,15 @@ class JobContext:
         job_id: str = "",
         priority: int | None = None,
         is_cancelled: Callable[[], bool] | None = None,
+        judge: LLMClient | None = None,
+        load_document: Callable[[str], Awaitable[str]] | None = None,
+        load_job_result: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     ):
         self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority)
+        # The judge (S_q, BooookScore) may be a different model; None when not configured.
+        self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority) if judge else None
+        self._load_document = load_document
+        self._load_job_result = load_job_result
         self.store = store or MemoryStepStore()
         self.events = events or ListEventSink()
         self.settings = settings
@@ -167,6 +174,18 @@ class JobContext:
         self._done: dict[str, Any] | None = None
         self._load_lock = asyncio.Lock()
         self.steps_run = 0  # steps actually executed (not replayed) in this run
+
+    async def load_document(self, document_id: str) -> str:
+        """Text of an uploaded document (the worker resolves it from the database)."""
+        if self._load_document is None:
+            raise LookupError("this context has no document store")
+        return await self._load_document(document_id)
+
+    async def load_job_result(self, job_id: str) -> dict[str, Any]:
+        """Result of another finished job (e.g. the summary a score job judges)."""
+        if self._load_job_result is None:
+            raise LookupError("this context has no job store")
+        return await self._load_job_result(job_id)
 
     def check_cancelled(self) -> None:
         if self._is_cancelled():
