@@ -1,0 +1,379 @@
+"""Small repository functions over a Session. Callers own the transaction (Database.session())."""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import ApiKey, Document, Job, JobEvent, Score, Step, utcnow
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key was used before with a different request."""
+
+
+# ---- jobs -------------------------------------------------------------------------------
+
+
+def request_fingerprint(kind: str, params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([kind, params], sort_keys=True).encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    owner: str = "local",
+    priority: int = 5,
+    idempotency_key: str | None = None,
+    parent_id: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job. With an idempotency key already used by this owner, return that job."""
+    fingerprint = request_fingerprint(kind, params)
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, fingerprint), False
+    job = Job(
+        kind=kind,
+        params=params,
+        owner=owner,
+        priority=priority,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        parent_id=parent_id,
+    )
+    session.add(job)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        existing = find_by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request(existing, fingerprint), False
+    add_event(session, job.id, "status", {"status": "queued"})
+    return job, True
+
+
+def _same_request(job: Job, fingerprint: str) -> Job:
+    if job.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            f"Idempotency-Key was already used for job {job.id} with a different request"
+        )
+    return job
+
+
+def find_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner: str | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+    parent_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if status:
+        query = query.where(Job.status.in_(status.split(",")))
+    if kind:
+        query = query.where(Job.kind == kind)
+    if parent_id:
+        query = query.where(Job.parent_id == parent_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def job_usage(session: Session, job_id: str) -> dict[str, Any]:
+    row = session.execute(
+        select(
+            func.count(Step.id),
+            func.coalesce(func.sum(Step.calls), 0),
+            func.coalesce(func.sum(Step.prompt_tokens), 0),
+            func.coalesce(func.sum(Step.completion_tokens), 0),
+            func.coalesce(func.sum(Step.cached_tokens), 0),
+        ).where(Step.job_id == job_id)
+    ).one()
+    return {
+        "steps": row[0],
+        "calls": row[1],
+        "prompt_tokens": row[2],
+        "completion_tokens": row[3],
+        "cached_tokens": row[4],
+    }
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """Cooperative cancel: a queued job is cancelled at once, a running one at its next check."""
+    job.cancel_requested = True
+    if job.status == "queued":
+        _set_finished(session, job, "cancelled", error="cancelled before it started")
+
+
+def requeue_for_retry(session: Session, job: Job) -> None:
+    job.status = "queued"
+    job.cancel_requested = False
+    job.error = None
+    job.finished_at = None
+    job.worker = None
+    add_event(session, job.id, "status", {"status": "queued", "retry": True})
+
+
+def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
+    """Take a job to run: a queued one, or a running one whose worker stopped heartbeating.
+
+    Atomic (one UPDATE), so a task delivered twice runs the job once.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_s)
+    claimed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)),
+        )
+        .values(status="running", worker=worker, heartbeat_at=now, runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        return None
+    job = session.get(Job, job_id)
+    session.refresh(job)
+    add_event(session, job.id, "status", {"status": "running", "run": job.runs})
+    return job
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> bool:
+    """Renew the lease; returns whether cancel was requested (or the lease was lost)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return True
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def set_progress(session: Session, job_id: str, progress: float, detail: dict[str, Any]) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress=max(0.0, min(1.0, progress)), progress_detail=detail)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def finish_job(
+    session: Session, job_id: str, worker: str | None, status: str, *, result: Any = None, error: str | None = None
+) -> bool:
+    """Record the outcome, only if this worker still holds the job."""
+    job = session.get(Job, job_id)
+    if job is None or job.status != "running" or (worker is not None and job.worker != worker):
+        return False
+    _set_finished(session, job, status, result=result, error=error)
+    return True
+
+
+def _set_finished(session: Session, job: Job, status: str, *, result: Any = None, error: str | None = None) -> None:
+    job.status = status
+    job.finished_at = utcnow()
+    job.error = error
+    if result is not None:
+        job.result = result
+    if status == "succeeded":
+        job.progress = 1.0
+    event = {"status": status}
+    if error:
+        event["error"] = error
+    add_event(session, job.id, "status", event)
+
+
+def release_job(session: Session, job_id: str, worker: str) -> None:
+    """Hand an unfinished job back to the queue (time slice used up, worker shutting down)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .values(status="queued", worker=None, heartbeat_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def runnable_job_ids(session: Session, lease_s: float, limit: int, exclude: Iterable[str] = ()) -> list[str]:
+    return [job_id for job_id, _, _ in runnable_jobs(session, lease_s, limit, exclude)]
+
+
+def runnable_jobs(
+    session: Session, lease_s: float, limit: int, exclude: Iterable[str] = ()
+) -> list[tuple[str, str, int]]:
+    """(id, status, priority) of queued jobs by priority then age, plus running jobs whose lease ran out."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    query = (
+        select(Job.id, Job.status, Job.priority)
+        .where(
+            Job.cancel_requested.is_(False),
+            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)),
+        )
+        .order_by(Job.priority, Job.created_at)
+        .limit(limit)
+    )
+    excluded = set(exclude)
+    if excluded:
+        query = query.where(Job.id.not_in(excluded))
+    return [tuple(row) for row in session.execute(query)]
+
+
+def children_status(session: Session, parent_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.parent_id == parent_id).group_by(Job.status)
+    ).all()
+    return {status: count for status, count in rows}
+
+
+# ---- steps ------------------------------------------------------------------------------
+
+
+def succeeded_steps(session: Session, job_id: str) -> dict[str, Any]:
+    rows = session.execute(select(Step.key, Step.output).where(Step.job_id == job_id, Step.status == "succeeded"))
+    return {key: output for key, output in rows}
+
+
+def list_steps(session: Session, job_id: str) -> list[Step]:
+    return list(session.scalars(select(Step).where(Step.job_id == job_id).order_by(Step.id)))
+
+
+def step_started(session: Session, job_id: str, key: str) -> None:
+    step = session.scalar(select(Step).where(Step.job_id == job_id, Step.key == key))
+    if step is None:
+        session.add(Step(job_id=job_id, key=key, status="running"))
+    else:
+        step.status, step.attempt, step.error = "running", step.attempt + 1, None
+        step.started_at, step.finished_at = utcnow(), None
+
+
+def step_ended(session: Session, job_id: str, key: str, status: str, values: dict[str, Any]) -> None:
+    session.execute(
+        update(Step)
+        .where(Step.job_id == job_id, Step.key == key)
+        .values(status=status, finished_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# ---- events -----------------------------------------------------------------------------
+
+
+def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, type=type, data=data))
+
+
+def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:
+    return list(
+        session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+        )
+    )
+
+
+# ---- documents ---------------------------------------------------------------------------
+
+
+def find_document(session: Session, owner: str, sha256: str, stripped: bool) -> Document | None:
+    return session.scalar(
+        select(Document).where(Document.owner == owner, Document.sha256 == sha256, Document.gutenberg_stripped == stripped)
+    )
+
+
+def list_documents(session: Session, owner: str | None, limit: int, offset: int) -> list[Document]:
+    query = select(Document).order_by(Document.created_at.desc()).limit(limit).offset(offset)
+    if owner is not None:
+        query = query.where(Document.owner == owner)
+    return list(session.scalars(query))
+
+
+# ---- scores -----------------------------------------------------------------------------
+
+
+def put_score(session: Session, job_id: str, metric: str, value: float | None, detail: dict | None = None) -> None:
+    score = session.scalar(select(Score).where(Score.job_id == job_id, Score.metric == metric))
+    if score is None:
+        session.add(Score(job_id=job_id, metric=metric, value=value, detail=detail))
+    else:
+        score.value, score.detail = value, detail
+
+
+def job_scores(session: Session, job_id: str) -> list[Score]:
+    return list(session.scalars(select(Score).where(Score.job_id == job_id).order_by(Score.metric)))
+
+
+# ---- API keys ---------------------------------------------------------------------------
+
+
+def hash_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+def create_api_key(session: Session, name: str, is_admin: bool = False) -> tuple[str, ApiKey]:
+    """Returns the plain key (shown once) and its row; only the hash is stored."""
+    plain = "lf_" + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, prefix=plain[:10], key_hash=hash_key(plain), is_admin=is_admin)
+    session.add(row)
+    session.flush()
+    return plain, row
+
+
+def verify_api_key(session: Session, plain: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
+    if row is not None:
+        row.last_used_at = utcnow()
+    return row
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
+def revoke_api_key(session: Session, key_id_or_prefix: str) -> ApiKey | None:
+    row = session.scalar(
+        select(ApiKey).where(or_(ApiKey.id == key_id_or_prefix, ApiKey.prefix == key_id_or_prefix))
+    )
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    return {s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status))}
+
+
+def count_steps_by_status(session: Session) -> dict[str, int]:
+    return {s: n for s, n in session.execute(select(Step.status, func.count()).group_by(Step.status))}
+
+
+def token_totals(session: Session) -> dict[str, int]:
+    row = session.execute(
+        select(func.coalesce(func.sum(Step.prompt_tokens), 0), func.coalesce(func.sum(Step.completion_tokens), 0))
+    ).one()
+    return {"prompt": int(row[0]), "completion": int(row[1])}
+

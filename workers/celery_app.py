@@ -1,0 +1,125 @@
+"""Celery for production: Redis broker, late acks, one job per task, tasks safe to run twice.
+
+A task only carries a job id. The job's state lives in the database, and a task claims
+the job atomically before running it, so a redelivered task is harmless. A task runs a
+job for at most `job_slice_seconds` (well under the broker's visibility timeout), then
+re-queues it to resume from its checkpoints.
+
+All tasks of one worker process share one asyncio loop (and so one LLM pool): the
+Celery pool is threads, each task hands its job to that loop and waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from agents.settings import Settings
+from db import repo
+from workers.runtime import RELEASED, WorkerRuntime
+
+log = logging.getLogger("longform.worker")
+
+settings = Settings.from_env()
+app = Celery("longform", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_default_queue="longform",
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    },
+    worker_hijack_root_logger=False,
+)
+
+
+class _LoopThread:
+    """One event loop per worker process, on its own thread, running every job of the process."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runtime = WorkerRuntime(settings)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="longform-jobs", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+_loop_thread: _LoopThread | None = None
+_loop_lock = threading.Lock()
+
+
+def loop_thread() -> _LoopThread:
+    global _loop_thread
+    with _loop_lock:
+        if _loop_thread is None:
+            _loop_thread = _LoopThread()
+        return _loop_thread
+
+
+def enqueue(job_id: str, priority: int = 5) -> None:
+    # Redis priority: 0 is served first, matching our job priority.
+    run_job.apply_async(args=[job_id], priority=max(0, min(9, priority)))
+
+
+@app.task(name="longform.run_job", acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str:
+    runner = loop_thread()
+    future = runner.run(runner.runtime.run_job(job_id, time_slice_s=settings.job_slice_seconds))
+    outcome = future.result()
+    if outcome == RELEASED:
+        with runner.runtime.db.session() as session:
+            job = repo.get_job(session, job_id)
+            priority = job.priority if job else 5
+        enqueue(job_id, priority)
+    return outcome
+
+
+def requeue_unfinished(include_queued: bool) -> int:
+    """Send a task for every running job whose lease ran out (its worker died) and, at
+    start-up, for every queued job too (the broker may have lost its messages). A job
+    sent twice is harmless: the second task finds it claimed."""
+    runtime = loop_thread().runtime
+    with runtime.db.session() as session:
+        jobs = repo.runnable_jobs(session, settings.job_lease_seconds, limit=100_000)
+    count = 0
+    for job_id, status, priority in jobs:
+        if status == "running" or include_queued:
+            enqueue(job_id, priority)
+            count += 1
+    return count
+
+
+def _sweeper() -> None:
+    """Re-queue jobs of workers that died, for as long as this worker lives."""
+    while True:
+        time.sleep(max(1.0, settings.job_lease_seconds))
+        try:
+            requeue_unfinished(include_queued=False)
+        except Exception:
+            log.exception("sweep for unfinished jobs failed")
+
+
+@worker_ready.connect
+def _on_worker_ready(**_kwargs) -> None:
+    count = requeue_unfinished(include_queued=True)
+    if count:
+        log.info("re-queued %d unfinished jobs", count)
+    threading.Thread(target=_sweeper, name="longform-sweeper", daemon=True).start()
+
+
+@worker_process_init.connect
+def _on_process_init(**_kwargs) -> None:
+    loop_thread()
+

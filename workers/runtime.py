@@ -1,0 +1,199 @@
+"""Runs one job: claim it, run its agent step by step, keep its lease, record the outcome.
+
+The same code serves the embedded in-process worker and Celery workers. One runtime per
+worker process holds the shared LLM client, so every job in the process shares the
+pool's limits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from agents.context import JobCancelled, JobContext
+from agents.llm.types import LLMClient
+from agents.settings import Settings
+from db import repo
+from db.models import Document
+from db.session import Database
+from workers.kinds import get_kind
+from workers.step_store import DbEventSink, DbStepStore
+
+log = logging.getLogger("longform.worker")
+
+# Outcomes of run_job besides the job statuses.
+SKIPPED = "skipped"  # another worker holds it, or it is already finished
+RELEASED = "released"  # handed back to the queue unfinished (time slice over, shutdown)
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLMClient | None = None,
+        judge: LLMClient | None = None,
+        db: Database | None = None,
+    ):
+        self.settings = settings
+        self.db = db or Database(settings.database_url)
+        self._llm = llm
+        self._judge = judge
+        self._judge_made = judge is not None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    @property
+    def llm(self) -> LLMClient:
+        if self._llm is None:
+            from agents.llm.factory import make_llm_client
+
+            self._llm = make_llm_client(self.settings)
+        return self._llm
+
+    @property
+    def judge(self) -> LLMClient | None:
+        if not self._judge_made:
+            from agents.llm.factory import make_judge_client
+
+            self._judge = make_judge_client(self.settings)
+            self._judge_made = True
+        return self._judge
+
+    async def aclose(self) -> None:
+        for client in (self._llm, self._judge):
+            if client is not None:
+                await client.aclose()
+
+    async def _db(self, fn, *args, **kwargs):
+        def call():
+            with self.db.session() as session:
+                return fn(session, *args, **kwargs)
+
+        return await asyncio.to_thread(call)
+
+    async def run_job(self, job_id: str, *, time_slice_s: float | None = None) -> str:
+        """Run a job to an end, or until its time slice is over. Returns the outcome."""
+        lease = self.settings.job_lease_seconds
+        claimed = await self._db(self._claim, job_id, lease)
+        if claimed is None:
+            return SKIPPED
+        kind_name, params_json, priority = claimed
+        cancel_flag = asyncio.Event()
+        try:
+            kind = get_kind(kind_name)
+            params = kind.params_model().model_validate(params_json, context={"settings": self.settings})
+        except Exception as exc:  # stored params no longer valid (code changed): fail, don't loop
+            await self._db(repo.finish_job, job_id, self.worker_id, "failed", error=f"invalid params: {exc}")
+            return "failed"
+
+        ctx = JobContext(
+            self.llm,
+            store=DbStepStore(self.db, job_id),
+            events=DbEventSink(self.db, job_id),
+            settings=self.settings,
+            job_id=job_id,
+            priority=priority,
+            is_cancelled=cancel_flag.is_set,
+            judge=self.judge,
+            load_document=self._load_document,
+            load_job_result=self._load_job_result,
+        )
+        ctx.runtime = self  # the dataset kind spawns child jobs through it
+        agent = asyncio.create_task(kind.runner()(ctx, params), name=f"job-{job_id}")
+        keeper = asyncio.create_task(self._keep_lease(job_id, agent, cancel_flag))
+        deadline = time.monotonic() + time_slice_s if time_slice_s else None
+        try:
+            if deadline is None:
+                await asyncio.wait({agent})
+            else:
+                await asyncio.wait({agent}, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # the worker itself is stopping: hand the job back
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+            await asyncio.shield(self._db(repo.release_job, job_id, self.worker_id))
+            raise
+        finally:
+            keeper.cancel()
+
+        if not agent.done():  # time slice over: checkpoints are kept, another task resumes it
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+            await self._db(repo.release_job, job_id, self.worker_id)
+            return RELEASED
+        return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
+
+    def _claim(self, session, job_id: str, lease: float):
+        job = repo.claim_job(session, job_id, self.worker_id, lease)
+        if job is None:
+            return None
+        return job.kind, job.params, job.priority
+
+    async def _keep_lease(self, job_id: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> None:
+        interval = max(0.2, min(1.0, self.settings.job_lease_seconds / 4))
+        while not agent.done():
+            await asyncio.sleep(interval)
+            try:
+                stop = await self._db(repo.heartbeat, job_id, self.worker_id)
+            except Exception:  # a database hiccup must not kill the job; the next beat retries
+                log.exception("heartbeat failed for job %s", job_id)
+                continue
+            if stop:
+                cancel_flag.set()
+                agent.cancel()  # closes in-flight model calls; finished steps stay stored
+                return
+
+    async def _record_outcome(self, job_id: str, kind: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> str:
+        if agent.cancelled() or isinstance(agent.exception(), JobCancelled) or cancel_flag.is_set():
+            status, result, error = "cancelled", None, "cancelled"
+        elif agent.exception() is not None:
+            exc = agent.exception()
+            log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+            status, result, error = "failed", None, f"{type(exc).__name__}: {exc}"
+        else:
+            status, result, error = "succeeded", agent.result(), None
+
+        def record(session) -> bool:
+            done = repo.finish_job(session, job_id, self.worker_id, status, result=result, error=error)
+            if done and result is not None:
+                for metric, value, detail in scores_in(kind, result):
+                    repo.put_score(session, job_id, metric, value, detail)
+            return done
+
+        recorded = await self._db(record)
+        return status if recorded else SKIPPED
+
+    async def _load_document(self, document_id: str) -> str:
+        def load(session) -> str:
+            document = session.get(Document, document_id)
+            if document is None:
+                raise LookupError(f"document {document_id} not found")
+            return document.text
+
+        return await self._db(load)
+
+    async def _load_job_result(self, job_id: str) -> dict[str, Any]:
+        def load(session) -> dict[str, Any]:
+            job = repo.get_job(session, job_id)
+            if job is None:
+                raise LookupError(f"job {job_id} not found")
+            if job.status != "succeeded":
+                raise LookupError(f"job {job_id} has not succeeded (status {job.status})")
+            return job.result or {}
+
+        return await self._db(load)
+
+
+def scores_in(kind: str, result: dict[str, Any]) -> list[tuple[str, float | None, dict | None]]:
+    """The metric values a job's result carries, to store in the scores table."""
+    found: list[tuple[str, float | None, dict | None]] = []
+    scores = result.get("scores")
+    if isinstance(scores, dict):
+        for metric, value in scores.items():
+            if value is None or isinstance(value, (int, float)):
+                found.append((metric, value, None))
+    if kind == "booookscore" and "score" in result:
+        found.append(("booookscore", result["score"], {"mode": result.get("mode")}))
+    return found

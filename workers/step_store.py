@@ -1,0 +1,68 @@
+"""Database-backed step checkpoints and job events for the agents' JobContext."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from agents.context import StepUsage
+from db import repo
+from db.session import Database
+
+
+def _usage_columns(usage: StepUsage) -> dict[str, Any]:
+    return {
+        "calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "latency_s": round(usage.latency_s, 6),
+        "model": usage.model or None,
+        "finish_reason": usage.finish_reason or None,
+        "template": usage.template or None,
+        "template_hash": usage.template_hash or None,
+    }
+
+
+class DbStepStore:
+    def __init__(self, db: Database, job_id: str):
+        self.db = db
+        self.job_id = job_id
+
+    def _write(self, fn, *args) -> None:
+        with self.db.session() as session:
+            fn(session, self.job_id, *args)
+
+    async def succeeded(self) -> dict[str, Any]:
+        def load() -> dict[str, Any]:
+            with self.db.session() as session:
+                return repo.succeeded_steps(session, self.job_id)
+
+        return await asyncio.to_thread(load)
+
+    async def started(self, key: str) -> None:
+        await asyncio.to_thread(self._write, repo.step_started, key)
+
+    async def finished(self, key: str, output: Any, usage: StepUsage) -> None:
+        values = {"output": output, **_usage_columns(usage)}
+        await asyncio.to_thread(self._write, repo.step_ended, key, "succeeded", values)
+
+    async def failed(self, key: str, error: str, usage: StepUsage) -> None:
+        values = {"error": error[:4000], **_usage_columns(usage)}
+        await asyncio.to_thread(self._write, repo.step_ended, key, "failed", values)
+
+
+class DbEventSink:
+    """Writes events for the SSE stream; progress events also update the job's progress."""
+
+    def __init__(self, db: Database, job_id: str):
+        self.db = db
+        self.job_id = job_id
+
+    async def emit(self, type: str, data: dict[str, Any]) -> None:
+        def write() -> None:
+            with self.db.session() as session:
+                repo.add_event(session, self.job_id, type, data)
+                if type == "progress" and data.get("total"):
+                    repo.set_progress(session, self.job_id, float(data["done"]) / float(data["total"]), data)
+
+        await asyncio.to_thread(write)
