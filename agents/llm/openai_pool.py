@@ -1,0 +1,588 @@
+"""OpenAI-compatible backend over a pool of endpoints (vLLM replicas, llama.cpp servers, any API).
+
+One `openai.AsyncOpenAI` client per base URL, with the client's own retries off: the pool
+retries itself so it can fail over. Per call:
+
+- Routing: the healthy endpoint with the fewest outstanding requests that is under its
+  in-flight limit. With a sticky key (a job id) the endpoint is chosen by rendezvous hashing
+  over the healthy endpoints, so a job's prefix-sharing requests land on one replica (and
+  the key travels as `X-Session-ID`, the vllm-router convention). When every candidate is
+  full the call queues; a release hands the slot straight to the next queued call, so the
+  limit is never exceeded.
+- Errors map to the typed errors of `types.py`. Timeouts, connection errors, 429 and 5xx
+  are retried with exponential backoff and full jitter (429 honours Retry-After, bounded),
+  preferring another endpoint; other 4xx raise `LLMBadRequest` at once.
+- Connection errors and timeouts count towards marking an endpoint down; a background
+  probe (GET <root>/health, else <base>/models) brings it back. When every endpoint is down
+  a call waits for a probe to succeed, each wait costing one retry, then raises
+  `LLMUnavailable`.
+
+Cancelling the calling task cancels the HTTP request, which closes the connection; vLLM
+aborts a request whose client disconnected, so no GPU time is wasted on it.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+
+from agents import text as textutil
+from agents.llm.metrics import EndpointMetrics
+from agents.llm.types import (
+    GenOptions,
+    LLMBadRequest,
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimited,
+    LLMResult,
+    LLMServerError,
+    LLMTimeout,
+    LLMUnavailable,
+    Message,
+)
+
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _root_url(base_url: str) -> str:
+    """Server root of an OpenAI base URL (vLLM serves /health and /tokenize there)."""
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def _rendezvous_score(key: str, endpoint: str) -> int:
+    digest = hashlib.blake2b(f"{key}\x00{endpoint}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class _Endpoint:
+    def __init__(self, base_url: str, api_key: str, timeout_s: float, max_inflight: int):
+        self.base_url = base_url.rstrip("/")
+        self.root = _root_url(self.base_url)
+        self.client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=0,  # the pool retries, with failover
+            timeout=openai.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
+        )
+        self.inflight = 0
+        self.up = True
+        self.consecutive_failures = 0
+        self.last_error = ""
+        self.served = 0
+        self.tokenize_supported: bool | None = None  # unknown until tried
+        self.metrics = EndpointMetrics(self.base_url)
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future
+    sticky_key: str | None
+    avoid: frozenset[str]
+    waiting_for_probe: bool  # True: every endpoint was down; gives up after a timer
+
+
+_FULL = object()  # sentinel: endpoints are up but at their in-flight limit
+
+
+class OpenAIPool:
+    """LLMClient over one or more OpenAI-compatible base URLs. Use within one event loop."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        api_key: str = "EMPTY",
+        model: str = "",
+        max_inflight: int = 64,
+        timeout_s: float = 600.0,
+        max_retries: int = 5,
+        context_window: int = 8192,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 20.0,
+        probe_interval_s: float = 2.0,
+        down_after_failures: int = 3,
+    ):
+        if not endpoints:
+            raise ValueError("OpenAIPool needs at least one endpoint URL")
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self._endpoints = [_Endpoint(u, api_key or "EMPTY", timeout_s, max_inflight) for u in endpoints]
+        self._api_key = api_key or "EMPTY"
+        self._model = model
+        self._context_window = context_window
+        self._context_window_from_server = False
+        self.max_inflight = max_inflight
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.probe_interval_s = probe_interval_s
+        self.down_after_failures = down_after_failures
+        self._waiters: deque[_Waiter] = deque()
+        self._rr = 0  # rotates tie-breaking between equally loaded endpoints
+        self._model_lock: asyncio.Lock | None = None
+        self._probe_task: asyncio.Task | None = None
+        self._aux: httpx.AsyncClient | None = None  # probes and /tokenize
+        self._closed = False
+
+    # ----- LLMClient -----------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [e.base_url for e in self._endpoints]
+
+    async def chat(self, messages: list[Message], options: GenOptions | None = None) -> LLMResult:
+        return await self._call("chat", messages, options or GenOptions())
+
+    async def complete(self, prompt: str, options: GenOptions | None = None) -> LLMResult:
+        return await self._call("completion", prompt, options or GenOptions())
+
+    async def count_tokens(self, text: str) -> int:
+        """The server's tokenizer (vLLM or llama.cpp `/tokenize`) when it has one, else
+        `agents.text.count_tokens` (cl100k_base; within roughly +-15% of Llama/Qwen tokenizers
+        on English prose, so budgets built on it should keep a margin)."""
+        for ep in self._endpoints:
+            if ep.up and ep.tokenize_supported is not False:
+                count = await self._server_token_count(ep, text)
+                if count is not None:
+                    return count
+                break
+        if len(text) > 200_000:  # a whole book: keep the event loop responsive
+            return await asyncio.to_thread(textutil.count_tokens, text)
+        return textutil.count_tokens(text)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+            self._probe_task = None
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        self._waiters.clear()
+        for ep in self._endpoints:
+            await ep.client.close()
+        if self._aux is not None:
+            await self._aux.aclose()
+            self._aux = None
+
+    # ----- health --------------------------------------------------------------------
+
+    def health(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "endpoint": ep.base_url,
+                "up": ep.up,
+                "inflight": ep.inflight,
+                "max_inflight": self.max_inflight,
+                "consecutive_failures": ep.consecutive_failures,
+                "last_error": ep.last_error,
+                "served": ep.served,
+            }
+            for ep in self._endpoints
+        ]
+
+    async def check(self) -> list[dict[str, Any]]:
+        """Probe every endpoint now (readiness); updates up/down state and returns health()."""
+        results = await asyncio.gather(*(self._probe(ep) for ep in self._endpoints))
+        for ep, ok in zip(self._endpoints, results):
+            if ok:
+                self._mark_up(ep)
+            else:
+                self._mark_down(ep, ep.last_error or "probe failed")
+        return self.health()
+
+    # ----- the call loop -------------------------------------------------------------
+
+    async def _call(self, kind: str, payload: Any, options: GenOptions) -> LLMResult:
+        if self._closed:
+            raise LLMUnavailable("the client is closed")
+        started = time.perf_counter()
+        attempt = 0  # failed attempts so far (each retry or fruitless wait for a probe costs one)
+        avoid: set[str] = set()
+        last_error: LLMError | None = None
+        while True:
+            ep = await self._acquire(options.sticky_key, frozenset(avoid), self._backoff_cap(attempt + 1))
+            if ep is None:  # every endpoint down and no probe brought one back in time
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise LLMUnavailable(
+                        f"no endpoint up after {attempt} waits; last error: {last_error or 'endpoints down'}",
+                        endpoint=last_error.endpoint if last_error else "",
+                    ) from last_error
+                continue
+            try:
+                result = await self._attempt(ep, kind, payload, options)
+            except LLMError as err:
+                self._release(ep)
+                ep.metrics.attempt_failed(err)
+                ep.last_error = f"{type(err).__name__}: {err}"
+                last_error = err
+                if not err.retryable:
+                    ep.metrics.call_failed(err)
+                    raise
+                if isinstance(err, (LLMConnectionError, LLMTimeout)):
+                    self._note_failure(ep)
+                attempt += 1
+                if attempt > self.max_retries:
+                    ep.metrics.call_failed(err)
+                    if not any(e.up for e in self._endpoints):
+                        raise LLMUnavailable(f"all endpoints down; last error: {err}", endpoint=ep.base_url) from err
+                    raise
+                avoid.add(ep.base_url)
+                delay = self._retry_delay(attempt, err)
+                if delay > 0 and not self._other_endpoint_free(avoid):
+                    await asyncio.sleep(delay)
+                continue
+            except BaseException:  # cancelled: the HTTP request is closed; free the slot
+                self._release(ep)
+                raise
+            self._release(ep)
+            ep.consecutive_failures = 0
+            if not ep.up:
+                self._mark_up(ep)  # it answered: evidently alive
+            ep.served += 1
+            result.attempts = attempt + 1
+            result.latency_s = time.perf_counter() - started
+            ep.metrics.success(result.latency_s, result.prompt_tokens, result.completion_tokens, result.cached_tokens)
+            return result
+
+    def _backoff_cap(self, attempt: int) -> float:
+        return min(self.backoff_max_s, self.backoff_base_s * (2 ** max(0, attempt - 1)))
+
+    def _retry_delay(self, attempt: int, err: LLMError) -> float:
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:
+            return min(max(0.0, retry_after), self.backoff_max_s)
+        return random.uniform(0, self._backoff_cap(attempt))  # full jitter
+
+    def _other_endpoint_free(self, avoid: set[str]) -> bool:
+        """A healthy endpoint we have not just failed on has room: fail over without waiting."""
+        return any(e.up and e.base_url not in avoid and e.inflight < self.max_inflight for e in self._endpoints)
+
+    # ----- routing -------------------------------------------------------------------
+
+    def _pick(self, sticky_key: str | None, avoid: frozenset[str]) -> Any:
+        """An endpoint with room, _FULL when the candidates are all busy, None when all are down."""
+        healthy = [e for e in self._endpoints if e.up]
+        if not healthy:
+            return None
+        if avoid:
+            healthy = [e for e in healthy if e.base_url not in avoid] or healthy
+        if sticky_key:
+            target = max(healthy, key=lambda e: _rendezvous_score(sticky_key, e.base_url))
+            return target if target.inflight < self.max_inflight else _FULL
+        n = len(healthy)
+        best = None
+        start = self._rr % n
+        for i in range(n):
+            e = healthy[(start + i) % n]
+            if e.inflight < self.max_inflight and (best is None or e.inflight < best.inflight):
+                best = e
+        if best is None:
+            return _FULL
+        self._rr += 1
+        return best
+
+    def _take(self, ep: _Endpoint) -> _Endpoint:
+        ep.inflight += 1
+        ep.metrics.inflight.set(ep.inflight)
+        return ep
+
+    async def _acquire(self, sticky_key: str | None, avoid: frozenset[str], probe_wait_s: float) -> _Endpoint | None:
+        choice = self._pick(sticky_key, avoid)
+        if isinstance(choice, _Endpoint):
+            return self._take(choice)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), sticky_key, avoid, waiting_for_probe=choice is None)
+        self._waiters.append(waiter)
+        timer = None
+        if waiter.waiting_for_probe:
+            self._ensure_probe()
+            timer = loop.call_later(probe_wait_s, _resolve, waiter.future, None)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            # The slot may have been handed over just before the cancellation landed.
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.result() is not None:
+                self._release(waiter.future.result())
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _release(self, ep: _Endpoint) -> None:
+        ep.inflight -= 1
+        ep.metrics.inflight.set(ep.inflight)
+        if self._waiters:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to queued calls, oldest first (synchronous: no slot is ever lost)."""
+        any_up = any(e.up for e in self._endpoints)
+        kept: deque[_Waiter] = deque()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.future.done():
+                continue
+            if not any_up:
+                if waiter.waiting_for_probe:
+                    kept.append(waiter)
+                else:  # it was queued for a full endpoint that has since died: let it retry
+                    waiter.future.set_result(None)
+                continue
+            choice = self._pick(waiter.sticky_key, waiter.avoid)
+            if isinstance(choice, _Endpoint):
+                waiter.future.set_result(self._take(choice))
+            else:
+                kept.append(waiter)
+                if not waiter.sticky_key and not any(
+                    e.up and e.inflight < self.max_inflight for e in self._endpoints
+                ):
+                    break  # no room anywhere: the rest keep waiting in order
+        kept.extend(self._waiters)
+        self._waiters = kept
+
+    # ----- health state --------------------------------------------------------------
+
+    def _note_failure(self, ep: _Endpoint) -> None:
+        ep.consecutive_failures += 1
+        if ep.up and ep.consecutive_failures >= self.down_after_failures:
+            self._mark_down(ep, ep.last_error)
+
+    def _mark_down(self, ep: _Endpoint, reason: str) -> None:
+        if ep.up:
+            log.warning("LLM endpoint %s marked down: %s", ep.base_url, reason)
+        ep.up = False
+        ep.metrics.up.set(0)
+        self._ensure_probe()
+        if self._waiters:
+            self._dispatch()
+
+    def _mark_up(self, ep: _Endpoint) -> None:
+        if not ep.up:
+            log.info("LLM endpoint %s is back up", ep.base_url)
+        ep.up = True
+        ep.consecutive_failures = 0
+        ep.metrics.up.set(1)
+        if self._waiters:
+            self._dispatch()
+
+    def _ensure_probe(self) -> None:
+        if self._closed or (self._probe_task is not None and not self._probe_task.done()):
+            return
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while any(not e.up for e in self._endpoints) and not self._closed:
+            await asyncio.sleep(self.probe_interval_s)
+            down = [e for e in self._endpoints if not e.up]
+            results = await asyncio.gather(*(self._probe(e) for e in down))
+            for ep, ok in zip(down, results):
+                if ok:
+                    self._mark_up(ep)
+
+    def _aux_client(self) -> httpx.AsyncClient:
+        if self._aux is None:
+            self._aux = httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                timeout=httpx.Timeout(30.0, connect=_PROBE_TIMEOUT_S),
+            )
+        return self._aux
+
+    async def _probe(self, ep: _Endpoint) -> bool:
+        client = self._aux_client()
+        try:
+            resp = await client.get(f"{ep.root}/health", timeout=_PROBE_TIMEOUT_S)
+            if resp.status_code == 200:
+                return True
+            # No /health (a hosted API): a model listing shows the server is answering.
+            resp = await client.get(f"{ep.base_url}/models", timeout=_PROBE_TIMEOUT_S)
+            if resp.status_code == 200:
+                return True
+            ep.last_error = f"probe: HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            ep.last_error = f"probe: {type(exc).__name__}: {exc}"
+        return False
+
+    # ----- one HTTP attempt ----------------------------------------------------------
+
+    async def _attempt(self, ep: _Endpoint, kind: str, payload: Any, options: GenOptions) -> LLMResult:
+        model = options.model or self._model or await self._resolve_model(ep)
+        kwargs = _request_kwargs(model, options)
+        try:
+            if kind == "chat":
+                resp = await ep.client.chat.completions.create(messages=payload, **kwargs)
+            else:
+                resp = await ep.client.completions.create(prompt=payload, **kwargs)
+        except openai.APIError as exc:
+            raise _map_error(exc, ep.base_url) from exc
+        return _to_result(resp, kind, ep.base_url, model)
+
+    async def _resolve_model(self, ep: _Endpoint) -> str:
+        """First model the server lists (and its max_model_len, when vLLM reports it)."""
+        if self._model_lock is None:
+            self._model_lock = asyncio.Lock()
+        async with self._model_lock:
+            if self._model:
+                return self._model
+            try:
+                page = await ep.client.models.list()
+            except openai.APIError as exc:
+                raise _map_error(exc, ep.base_url) from exc
+            if not page.data:
+                raise LLMBadRequest("the server lists no models; set LLM_MODEL", endpoint=ep.base_url)
+            first = page.data[0]
+            max_len = getattr(first, "max_model_len", None)
+            if isinstance(max_len, int) and max_len > 0:
+                self._context_window = max_len
+                self._context_window_from_server = True
+            self._model = first.id
+            return self._model
+
+    async def _server_token_count(self, ep: _Endpoint, text: str) -> int | None:
+        """Token count from the server's /tokenize (vLLM shape, then llama.cpp shape)."""
+        client = self._aux_client()
+        bodies: list[dict[str, Any]] = [{"prompt": text, "add_special_tokens": False}, {"content": text}]
+        if self._model:
+            bodies[0]["model"] = self._model
+        try:
+            for body in bodies:
+                resp = await client.post(f"{ep.root}/tokenize", json=body)
+                if resp.status_code != 200:
+                    continue
+                data = resp.json()
+                if isinstance(data.get("count"), int):
+                    ep.tokenize_supported = True
+                    return data["count"]
+                if isinstance(data.get("tokens"), list):
+                    ep.tokenize_supported = True
+                    return len(data["tokens"])
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None  # transient: try again next time
+        ep.tokenize_supported = False
+        return None
+
+
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _request_kwargs(model: str, o: GenOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model": model, "max_tokens": o.max_tokens, "temperature": o.temperature, "top_p": o.top_p}
+    if o.stop:
+        kwargs["stop"] = o.stop
+    if o.seed is not None:
+        kwargs["seed"] = o.seed
+    if o.json_schema is not None:
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": o.json_schema}}
+    extra = {
+        name: value
+        for name, value in (
+            ("top_k", o.top_k),
+            ("repetition_penalty", o.repetition_penalty),
+            ("min_tokens", o.min_tokens),
+            ("priority", o.priority),
+        )
+        if value is not None
+    }
+    if extra:
+        kwargs["extra_body"] = extra
+    if o.sticky_key:
+        kwargs["extra_headers"] = {"X-Session-ID": o.sticky_key}
+    if o.timeout_s is not None:
+        kwargs["timeout"] = o.timeout_s
+    return kwargs
+
+
+def _map_error(exc: openai.APIError, endpoint: str) -> LLMError:
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMTimeout(f"request timed out: {exc}", endpoint=endpoint)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        return LLMConnectionError(f"connection failed: {cause or exc}", endpoint=endpoint)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = f"HTTP {status}: {_error_message(exc)}"
+        if status == 429:
+            err = LLMRateLimited(message, endpoint=endpoint, status=status)
+            err.retry_after = _retry_after_seconds(exc.response.headers.get("retry-after"))
+            return err
+        if status == 408:
+            return LLMTimeout(message, endpoint=endpoint, status=status)
+        if status >= 500:
+            return LLMServerError(message, endpoint=endpoint, status=status)
+        return LLMBadRequest(message, endpoint=endpoint, status=status)
+    # A 2xx whose body did not parse (APIResponseValidationError and the like).
+    return LLMServerError(f"malformed response: {exc}", endpoint=endpoint, status=getattr(exc, "status_code", None))
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:500]
+        if isinstance(inner, str):
+            return inner[:500]
+    return str(exc.message)[:500]
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from model servers; fall back to our backoff
+
+
+def _to_result(resp: Any, kind: str, endpoint: str, model: str) -> LLMResult:
+    try:
+        choice = resp.choices[0]
+        text = choice.message.content if kind == "chat" else choice.text
+        finish_reason = choice.finish_reason
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise LLMServerError(f"malformed response: {exc}", endpoint=endpoint) from exc
+    if text is None or not isinstance(text, str):
+        raise LLMServerError("malformed response: no text in the first choice", endpoint=endpoint)
+    usage = getattr(resp, "usage", None)
+    extra: dict[str, Any] = {}
+    if usage is not None and usage.completion_tokens is not None:
+        prompt_tokens, completion_tokens = usage.prompt_tokens or 0, usage.completion_tokens
+    else:  # some servers omit usage: estimate so budgets still add up
+        prompt_tokens, completion_tokens = 0, textutil.count_tokens(text)
+        extra["usage_estimated"] = True
+    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return LLMResult(
+        text=text,
+        finish_reason=finish_reason or "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=0.0,
+        model=getattr(resp, "model", None) or model,
+        endpoint=endpoint,
+        cached_tokens=cached,
+        extra=extra,
+    )
