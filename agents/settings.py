@@ -38,6 +38,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str = ""  # the key CLI commands send (LONGFORM_API_KEY also works)
+    require_api_keys: str = "auto"  # auto: open only in embedded mode on loopback; always
     max_body_bytes: int = 25 * 1024 * 1024
     max_document_bytes: int = 20 * 1024 * 1024
     max_target_words: int = 100_000

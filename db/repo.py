@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import func, or_, select, update
@@ -345,9 +345,15 @@ def create_api_key(session: Session, name: str, is_admin: bool = False) -> tuple
 
 def verify_api_key(session: Session, plain: str) -> ApiKey | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
-    if row is not None:
-        row.last_used_at = utcnow()
+    now = utcnow()
+    if row is not None and (row.last_used_at is None or _aware(row.last_used_at) < now - timedelta(minutes=1)):
+        row.last_used_at = now  # at most one write a minute per key
     return row
+
+
+def _aware(value):
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

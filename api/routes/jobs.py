@@ -1,0 +1,209 @@
+"""Jobs: submit, list, get, cancel, retry, steps, live events (Server-Sent Events)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from api.auth import Principal, principal
+from api.serialize import job_json, step_json
+from api.state import AppState, get_state
+from db import repo
+from db.models import FINISHED_STATUSES, JOB_STATUSES, Job
+from workers.kinds import KINDS, InvalidParams, UnknownKind, validate_params
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+class JobRequest(BaseModel):
+    kind: str = Field(description=f"one of: {', '.join(KINDS)}")
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=5, ge=0, le=9, description="0 is served first, 9 last")
+
+
+def submit_job(
+    state: AppState, who: Principal, kind: str, params: dict[str, Any], priority: int,
+    idempotency_key: str | None, parent_id: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Validate, store and queue a job. Returns its JSON and whether it is new."""
+    try:
+        model = validate_params(kind, params, context={"settings": state.settings})
+    except UnknownKind as exc:
+        raise HTTPException(400, str(exc)) from None
+    except InvalidParams as exc:
+        raise HTTPException(422, str(exc)) from None
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+        raise HTTPException(400, "Idempotency-Key must be 1 to 200 characters")
+    with state.db.session() as session:
+        _check_references(session, who, model)
+        try:
+            job, created = repo.create_job(
+                session, kind, model.model_dump(mode="json"), owner=who.owner, priority=priority,
+                idempotency_key=idempotency_key, parent_id=parent_id,
+            )
+        except repo.IdempotencyConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        session.flush()
+        body = job_json(session, job)
+    if created:
+        state.enqueue(body["id"], priority)
+    return body, created
+
+
+def _check_references(session, who: Principal, params: BaseModel) -> None:
+    """Documents and jobs named in params must exist and belong to the caller."""
+    from db.models import Document
+
+    document_id = getattr(params, "document_id", None)
+    if document_id:
+        doc = session.get(Document, document_id)
+        if doc is None or not who.can_see(doc.owner):
+            raise HTTPException(404, f"document {document_id} not found")
+    job_id = getattr(params, "job_id", None)
+    if job_id:
+        job = session.get(Job, job_id)
+        if job is None or not who.can_see(job.owner):
+            raise HTTPException(404, f"job {job_id} not found")
+
+
+@router.post("/jobs", status_code=202)
+def create(
+    body: JobRequest,
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+):
+    data, created = submit_job(state, who, body.kind, body.params, body.priority, idempotency_key)
+    return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{data['id']}"})
+
+
+@router.get("/jobs")
+def list_jobs(
+    status: str | None = Query(default=None, description="comma-separated statuses"),
+    kind: str | None = None,
+    parent_id: str | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+):
+    if status and any(s not in JOB_STATUSES for s in status.split(",")):
+        raise HTTPException(422, f"status must be among {', '.join(JOB_STATUSES)}")
+    with state.db.session() as session:
+        jobs, total = repo.list_jobs(
+            session, owner=None if who.is_admin else who.owner, status=status, kind=kind,
+            parent_id=parent_id, limit=limit, offset=offset,
+        )
+        return {"items": [job_json(session, j, full=False) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+def load_visible_job(session, job_id: str, who: Principal) -> Job:
+    job = repo.get_job(session, job_id)
+    if job is None or not who.can_see(job.owner):  # a foreign job looks like a missing one
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    with state.db.session() as session:
+        return job_json(session, load_visible_job(session, job_id, who))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    with state.db.session() as session:
+        job = load_visible_job(session, job_id, who)
+        if job.status in FINISHED_STATUSES:
+            raise HTTPException(409, f"job {job_id} already {job.status}")
+        repo.request_cancel(session, job)
+        for child in repo.list_jobs(session, parent_id=job_id, status="queued,running", limit=100_000)[0]:
+            repo.request_cancel(session, child)
+        session.flush()
+        return job_json(session, job)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202)
+def retry(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    with state.db.session() as session:
+        job = load_visible_job(session, job_id, who)
+        if job.status not in ("failed", "cancelled"):
+            raise HTTPException(409, f"only failed or cancelled jobs can be retried; job {job_id} is {job.status}")
+        repo.requeue_for_retry(session, job)
+        session.flush()
+        body, priority = job_json(session, job), job.priority
+    state.enqueue(job_id, priority)
+    return body
+
+
+@router.get("/jobs/{job_id}/steps")
+def steps(
+    job_id: str,
+    with_output: bool = False,
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+):
+    with state.db.session() as session:
+        load_visible_job(session, job_id, who)
+        return {"items": [step_json(s, with_output) for s in repo.list_steps(session, job_id)]}
+
+
+@router.get("/jobs/{job_id}/events")
+async def events(
+    job_id: str,
+    request: Request,
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID"),
+):
+    """Server-Sent Events: status, progress and log events until the job ends.
+
+    Events are read from the database, so a client that reconnects with Last-Event-ID
+    misses nothing, whichever API replica it reaches.
+    """
+    with state.db.session() as session:
+        load_visible_job(session, job_id, who)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+    def fetch(after_id: int):
+        with state.db.session() as session:
+            rows = repo.events_after(session, job_id, after_id)
+            status = session.get(Job, job_id).status
+            return [(e.id, e.type, e.data) for e in rows], status
+
+    async def stream():
+        nonlocal after
+        idle = 0.0
+        while True:
+            rows, status = await asyncio.to_thread(fetch, after)
+            for event_id, type_, data in rows:
+                after = event_id
+                yield f"id: {event_id}\nevent: {type_}\ndata: {json.dumps(data)}\n\n"
+            if not rows and status in FINISHED_STATUSES:
+                return  # everything up to the final status was sent
+            if await request.is_disconnected():
+                return
+            idle = 0.0 if rows else idle + 0.25
+            if idle >= 15:  # keep proxies from closing a quiet stream
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/kinds")
+def kinds():
+    """The job kinds and the JSON schema of each kind's params."""
+    out = []
+    for kind in KINDS.values():
+        try:
+            schema = kind.params_model().model_json_schema()
+        except (ImportError, AttributeError):
+            continue  # a kind whose module is not installed here
+        out.append({"kind": kind.name, "description": kind.description, "params_schema": schema})
+    return {"items": out}

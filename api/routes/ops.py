@@ -1,0 +1,118 @@
+"""Operations: liveness, readiness (database, broker, model endpoints), Prometheus metrics."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import text
+
+from api.state import AppState, get_state
+from db import repo
+from db.schema import current_revision, head_revision
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+def _check_database(state: AppState) -> dict:
+    with state.db.session() as session:
+        session.execute(text("SELECT 1"))
+    current, head = current_revision(state.settings.database_url), head_revision(state.settings.database_url)
+    if current != head:
+        return {"ok": False, "error": f"schema at {current}, code needs {head}: run `longform db upgrade`"}
+    return {"ok": True}
+
+
+def _check_broker(state: AppState) -> dict:
+    if not state.settings.broker_url:
+        return {"ok": True, "mode": "embedded worker"}
+    import redis
+
+    client = redis.Redis.from_url(state.settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return {"ok": True, "mode": "celery"}
+
+
+async def _check_models(state: AppState) -> dict:
+    endpoints = state.settings.endpoint_list
+    if not endpoints:
+        from agents.llm.embedded import find_default_model_path
+
+        path = state.settings.embedded_model_path or find_default_model_path()
+        return {"ok": Path(path).is_file(), "mode": "embedded", "model_path": str(path)}
+
+    async def probe(client: httpx.AsyncClient, base: str) -> dict:
+        root = base[:-3] if base.endswith("/v1") else base
+        try:
+            response = await client.get(f"{root}/health")
+            return {"endpoint": base, "up": response.status_code == 200}
+        except httpx.HTTPError as exc:
+            return {"endpoint": base, "up": False, "error": type(exc).__name__}
+
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        results = await asyncio.gather(*(probe(client, e) for e in endpoints))
+    return {"ok": any(r["up"] for r in results), "endpoints": list(results)}
+
+
+@router.get("/readyz")
+async def readyz(state: AppState = Depends(get_state)):
+    checks = {}
+    for name, check in (("database", _check_database), ("broker", _check_broker)):
+        try:
+            checks[name] = await asyncio.to_thread(check, state)
+        except Exception as exc:
+            checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        checks["models"] = await _check_models(state)
+    except Exception as exc:
+        checks["models"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    ready = all(c["ok"] for c in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+class JobStoreCollector:
+    """Jobs by state, steps by state, tokens and queue depth, read from the database at scrape time."""
+
+    def __init__(self, state: AppState):
+        self.state = state
+
+    def collect(self):
+        with self.state.db.session() as session:
+            jobs = repo.count_jobs_by_status(session)
+            steps = repo.count_steps_by_status(session)
+            tokens = repo.token_totals(session)
+        job_gauge = GaugeMetricFamily("longform_jobs", "Jobs by status", labels=["status"])
+        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+            job_gauge.add_metric([status], jobs.get(status, 0))
+        yield job_gauge
+        step_gauge = GaugeMetricFamily("longform_steps", "Steps by status", labels=["status"])
+        for status, count in sorted(steps.items()):
+            step_gauge.add_metric([status], count)
+        yield step_gauge
+        token_counter = CounterMetricFamily("longform_tokens", "Model tokens recorded by steps", labels=["kind"])
+        for kind, count in tokens.items():
+            token_counter.add_metric([kind], count)
+        yield token_counter
+        yield GaugeMetricFamily("longform_queue_depth", "Jobs waiting to run", value=jobs.get("queued", 0))
+        yield GaugeMetricFamily("longform_scrape_timestamp_seconds", "Time of this scrape", value=time.time())
+
+
+@router.get("/metrics")
+def metrics(state: AppState = Depends(get_state)):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobStoreCollector(state))
+    body = generate_latest(registry) + generate_latest(REGISTRY)  # REGISTRY: LLM pool latency, errors, in-flight
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,29 @@
+"""A multi-step agent for job-runner tests: N sequential model calls, each a checkpointed step."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from agents.context import JobContext
+from agents.llm.types import GenOptions
+
+
+class StepsParams(BaseModel):
+    steps: int = Field(default=3, ge=1, le=1000)
+    words: int = 20
+    fail_at: int | None = None  # raise at this step, for failure tests
+
+
+async def run(ctx: JobContext, params: StepsParams) -> dict:
+    texts = []
+    for i in range(params.steps):
+        async def call(i=i):
+            if params.fail_at == i:
+                raise RuntimeError(f"boom at step {i}")
+            result = await ctx.llm.chat(
+                [{"role": "user", "content": f"Step {i} of job {ctx.job_id}. Write about {params.words} words."}],
+                GenOptions(max_tokens=200),
+            )
+            return result.text
+        texts.append(await ctx.step(f"part/{i}", call))
+        await ctx.progress(i + 1, params.steps)
+    return {"text": "\n\n".join(texts), "parts": len(texts)}

@@ -1,0 +1,155 @@
+"""The job store and runner on SQLite and PostgreSQL: idempotency, claims, leases, checkpoints, cancel, retry."""
+import asyncio
+import time
+
+import pytest
+
+from agents.settings import Settings
+from db import repo
+from db.session import Database
+from tests.db_fixtures import *  # noqa: F401,F403
+from tests.scripted_llm import CountingLLM
+from workers import kinds
+from workers.runtime import SKIPPED, WorkerRuntime
+
+
+@pytest.fixture(autouse=True)
+def steps_kind(monkeypatch):
+    monkeypatch.setitem(kinds.KINDS, "steps", kinds.Kind("steps", "tests.step_agent", "StepsParams", "test"))
+
+
+def make_job(db, params=None, **kw):
+    with db.session() as s:
+        job, _ = repo.create_job(s, "steps", params or {"steps": 3}, **kw)
+        return job.id
+
+
+def runtime_for(url, llm=None, **settings):
+    settings = Settings(database_url=url, **settings)
+    return WorkerRuntime(settings, llm=llm or CountingLLM(), judge=None)
+
+
+def test_idempotency_key_returns_the_same_job_and_rejects_a_different_request(database_url):
+    db = Database(database_url)
+    with db.session() as s:
+        first, created = repo.create_job(s, "steps", {"steps": 2}, idempotency_key="k1")
+        assert created
+    with db.session() as s:
+        again, created = repo.create_job(s, "steps", {"steps": 2}, idempotency_key="k1")
+        assert not created and again.id == first.id
+        with pytest.raises(repo.IdempotencyConflict):
+            repo.create_job(s, "steps", {"steps": 5}, idempotency_key="k1")
+    with db.session() as s:  # another owner may use the same key
+        other, created = repo.create_job(s, "steps", {"steps": 2}, idempotency_key="k1", owner="someone")
+        assert created and other.id != first.id
+
+
+def test_a_job_is_claimed_once_and_taken_over_after_its_lease_runs_out(database_url):
+    db = Database(database_url)
+    job_id = make_job(db)
+    with db.session() as s:
+        assert repo.claim_job(s, job_id, "w1", lease_s=60) is not None
+    with db.session() as s:
+        assert repo.claim_job(s, job_id, "w2", lease_s=60) is None  # w1 holds a fresh lease
+    time.sleep(0.3)
+    with db.session() as s:
+        job = repo.claim_job(s, job_id, "w2", lease_s=0.1)  # w1 stopped heartbeating
+        assert job is not None and job.worker == "w2" and job.runs == 2
+    with db.session() as s:
+        assert repo.heartbeat(s, job_id, "w1") is True  # w1 lost the job: it must stop
+
+
+def test_queue_order_is_priority_then_age(database_url):
+    db = Database(database_url)
+    low = make_job(db, priority=9)
+    high = make_job(db, priority=0)
+    mid = make_job(db, priority=5)
+    with db.session() as s:
+        assert repo.runnable_job_ids(s, 60, 10) == [high, mid, low]
+
+
+async def test_runner_checkpoints_every_step_and_replays_without_calling_the_model(database_url):
+    db = Database(database_url)
+    llm = CountingLLM()
+    runtime = runtime_for(database_url, llm)
+    job_id = make_job(db, {"steps": 4})
+    assert await runtime.run_job(job_id) == "succeeded"
+    assert len(llm.calls) == 4
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job.status == "succeeded" and job.result["parts"] == 4 and job.progress == 1.0
+        steps = repo.list_steps(s, job_id)
+        assert [st.key for st in steps] == [f"part/{i}" for i in range(4)]
+        assert all(st.status == "succeeded" and st.calls == 1 and st.prompt_tokens == 10 for st in steps)
+        assert repo.job_usage(s, job_id)["completion_tokens"] == 12
+        repo.requeue_for_retry(s, job)  # run it again: every step comes from its checkpoint
+    assert await runtime.run_job(job_id) == "succeeded"
+    assert len(llm.calls) == 4
+
+
+async def test_a_failed_job_keeps_its_finished_steps_and_retry_resumes(database_url):
+    db = Database(database_url)
+    llm = CountingLLM()
+    runtime = runtime_for(database_url, llm)
+    job_id = make_job(db, {"steps": 4, "fail_at": 2})
+    assert await runtime.run_job(job_id) == "failed"
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert "boom at step 2" in job.error
+        assert repo.succeeded_steps(s, job_id).keys() == {"part/0", "part/1"}
+        failed = [st for st in repo.list_steps(s, job_id) if st.status == "failed"]
+        assert [st.key for st in failed] == ["part/2"]
+        job.params = {"steps": 4}  # the cause is fixed
+        repo.requeue_for_retry(s, job)
+    assert await runtime.run_job(job_id) == "succeeded"
+    assert len(llm.calls) == 4  # parts 0 and 1 were not called again
+
+
+async def test_cancel_stops_a_running_job_and_keeps_finished_steps(database_url):
+    db = Database(database_url)
+    llm = CountingLLM(delay_s=0.2)
+    runtime = runtime_for(database_url, llm, job_lease_seconds=0.8)
+    job_id = make_job(db, {"steps": 50})
+    task = asyncio.create_task(runtime.run_job(job_id))
+    await asyncio.sleep(0.7)
+    with db.session() as s:
+        repo.request_cancel(s, repo.get_job(s, job_id))
+    assert await asyncio.wait_for(task, 10) == "cancelled"
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        done = repo.succeeded_steps(s, job_id)
+        assert job.status == "cancelled" and 1 <= len(done) < 50
+    assert len(llm.calls) <= len(done) + 1  # no new steps after the cancel was seen
+
+
+async def test_a_second_delivery_of_a_running_job_is_skipped(database_url):
+    db = Database(database_url)
+    runtime = runtime_for(database_url, CountingLLM(delay_s=0.1))
+    job_id = make_job(db, {"steps": 5})
+    first = asyncio.create_task(runtime.run_job(job_id))
+    await asyncio.sleep(0.2)
+    assert await runtime_for(database_url).run_job(job_id) == SKIPPED
+    assert await first == "succeeded"
+
+
+async def test_a_time_slice_releases_the_job_for_another_run(database_url):
+    db = Database(database_url)
+    llm = CountingLLM(delay_s=0.1)
+    runtime = runtime_for(database_url, llm)
+    job_id = make_job(db, {"steps": 10})
+    assert await runtime.run_job(job_id, time_slice_s=0.35) == "released"
+    with db.session() as s:
+        assert repo.get_job(s, job_id).status == "queued"
+    assert await runtime.run_job(job_id) == "succeeded"
+    assert len(llm.calls) <= 11  # at most the one step cut by the slice runs twice
+
+
+def test_events_record_status_changes_in_order(database_url):
+    db = Database(database_url)
+    job_id = make_job(db)
+    with db.session() as s:
+        repo.request_cancel(s, repo.get_job(s, job_id))
+    with db.session() as s:
+        events = repo.events_after(s, job_id, 0)
+        assert [e.data["status"] for e in events] == ["queued", "cancelled"]
+        assert repo.events_after(s, job_id, events[0].id)[0].data["status"] == "cancelled"
