@@ -1,0 +1,626 @@
+"""AgentWrite (LongWriter): plan a long piece as sections with word budgets, then write the
+sections one at a time, in order, each seeing the instruction, the plan and the text so far.
+
+Job kind `write`: `WriteParams` in, `run(ctx, params)` -> result dict (see `run`).
+
+Steps (each checkpointed, so a resumed job writes only what is missing; replay is exact
+because every later prompt is built from stored step outputs only):
+- `plan`          the model's JSON plan, repaired in code (`repair_plan`); skipped for short
+                  targets (<= SHORT_TARGET_WORDS), which are one section.
+- `section/{i}`   i = 1..n, strictly in order; continuation calls for a short or cut-off
+                  section happen inside the same step.
+- `single`        the baseline method: the whole piece in one call.
+- `judge`         LongBench-Write quality verdict, when a judge model is configured.
+
+What this adds over the reference code (see the spec's "bugs not to copy"): empty or failed
+model output raises instead of being stored; the plan is validated (section count, budgets
+that add up to the target, per-section range); sections far over budget are trimmed at a
+paragraph boundary and short ones are continued; the text so far is compacted past the
+context window instead of overflowing it; "Paragraph N" / "第N段" labels are stripped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from agents.context import JobContext
+from agents.length_target import parse_target_words
+from agents.llm.tokens import count_message_tokens, output_room
+from agents.llm.types import GenOptions, LLMBadRequest, LLMError, StructuredOutputError
+from agents.metrics.longbench_write import judge_quality, length_score, overall_score
+from agents.text import count_words, detect_language
+
+DEFAULT_TARGET_WORDS = 1000  # when neither the params nor the instruction give a length
+DEFAULT_MAX_TARGET_WORDS = 100_000  # Settings.max_target_words, when no settings are at hand
+SHORT_TARGET_WORDS = 600  # at or below: one section, no plan call
+MAX_SECTIONS = 50  # the reference implementation skips plans longer than this
+SECTION_MIN_WORDS, SECTION_MAX_WORDS = 200, 1000  # the paper's range for long pieces
+SUGGESTED_SECTION_WORDS = 500
+
+CONTINUE_BELOW = 0.9  # a section under 90% of its budget is continued
+TRIM_ABOVE = 1.5  # a section over 150% of its budget is trimmed at a paragraph boundary
+DEFAULT_MAX_TOKENS_PER_CALL = 4096  # the reference setting for plan and section calls
+SINGLE_MAX_TOKENS = 32768  # the single baseline asks for as much as the context allows, up to this
+# Output tokens per word/字, with headroom, to size max_tokens for a section. Generous on
+# purpose: a cap too tight cuts sections short; a loose one only bounds a rambling model.
+TOKENS_PER_UNIT = {"en": 1.5, "zh": 2.0}
+MAX_TOKENS_HEADROOM = 1.5
+MIN_OUTPUT_TOKENS = 128
+
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+UNIT_NAMES = {"en": "words", "zh": "Chinese characters (字)"}
+UNIT_SHORT = {"en": "words", "zh": "字"}
+
+PLAN_TEMPLATE = "agentwrite/plan.j2"
+SECTION_TEMPLATE = "agentwrite/section.j2"
+SINGLE_TEMPLATE = "agentwrite/single.j2"
+
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "sections": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 2 * MAX_SECTIONS,  # bounds the reply; the count is repaired in code
+            "items": {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string"},
+                    "main_point": {"type": "string"},
+                    "words": {"type": "integer", "minimum": 0},
+                },
+                "required": ["title", "main_point", "words"],
+            },
+        }
+    },
+    "required": ["sections"],
+}
+
+
+class EmptyModelOutput(LLMError):
+    """The model returned no text where text was required (never stored as a section)."""
+
+
+class WriteParams(BaseModel):
+    """Parameters of a `write` job.
+
+    `target_words` is the length in LongWriter units (English words, or 字 for Chinese).
+    When absent it is read from the instruction ("about 3000 words", "三千字"); when the
+    instruction states none either, DEFAULT_TARGET_WORDS is used and the result says so
+    (`target_source: "default"`). Validation context `{"max_target_words": N}` sets the
+    upper bound (default DEFAULT_MAX_TARGET_WORDS; `run` re-checks against the settings).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str
+    target_words: int | None = None
+    language: Literal["auto", "en", "zh"] = "auto"
+    method: Literal["agentwrite", "single"] = "agentwrite"
+    plan_model: str | None = None  # default: write_model, then the configured model
+    write_model: str | None = None
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens_per_call: int | None = Field(None, ge=MIN_OUTPUT_TOKENS)
+    seed: int | None = None
+    judge: bool = True  # score quality when a judge model is configured
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_empty(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("instruction must not be empty")
+        return value
+
+    @field_validator("target_words")
+    @classmethod
+    def _target_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None:
+            check_target(value, (info.context or {}).get("max_target_words", DEFAULT_MAX_TARGET_WORDS))
+        return value
+
+
+def check_target(target: int, max_target: int) -> None:
+    if not 1 <= target <= max_target:
+        raise ValueError(f"target_words must be between 1 and {max_target}, got {target}")
+
+
+def resolve_target(params: WriteParams, max_target: int) -> tuple[int, str]:
+    """(target words, where it came from: "given" | "instruction" | "default")."""
+    if params.target_words is not None:
+        target, source = params.target_words, "given"
+    else:
+        parsed = parse_target_words(params.instruction)
+        target, source = (parsed, "instruction") if parsed else (DEFAULT_TARGET_WORDS, "default")
+    check_target(target, max_target)
+    return target, source
+
+
+_ASKS_ENGLISH = re.compile(r"英文|英语|in English", re.I)
+_ASKS_CHINESE = re.compile(r"\b(?:in|into) (?:simplified |traditional )?Chinese\b|\bChinese (?:news|article|essay|report|story|text|version)\b|中文", re.I)
+
+
+def resolve_language(instruction: str, requested: str = "auto") -> str:
+    """The output language: as requested, else an explicit ask in the instruction ("用英文写",
+    "write it in Chinese"), else the instruction's own script."""
+    if requested != "auto":
+        return requested
+    own = detect_language(instruction)
+    if own == "zh" and _ASKS_ENGLISH.search(instruction):
+        return "en"
+    if own == "en" and _ASKS_CHINESE.search(instruction):
+        return "zh"
+    return own
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanBounds:
+    """How a target is cut into sections: count range and per-section budget range."""
+
+    min_sections: int
+    max_sections: int
+    section_min: int
+    section_max: int
+    suggested_sections: int
+
+
+def plan_bounds(target: int) -> PlanBounds:
+    """The paper's 200-1000 words per section for long pieces, smaller for shorter ones,
+    wider sections when 50 would not otherwise reach the target."""
+    if target <= SHORT_TARGET_WORDS:
+        return PlanBounds(1, 1, target, target, 1)
+    section_min = min(SECTION_MIN_WORDS, max(100, target // 10))
+    section_max = min(SECTION_MAX_WORDS, max(section_min, target // 2))
+    section_max = max(section_max, math.ceil(target / MAX_SECTIONS))
+    min_sections = math.ceil(target / section_max)
+    max_sections = max(min_sections, min(MAX_SECTIONS, target // section_min))
+    suggested = min(max_sections, max(min_sections, round(target / SUGGESTED_SECTION_WORDS)))
+    return PlanBounds(min_sections, max_sections, section_min, section_max, suggested)
+
+
+def _clean_label(text: Any) -> str:
+    return " ".join(str(text or "").split())
+
+
+def repair_plan(raw_sections: list[dict[str, Any]], target: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Make a model's plan usable: sections with text, a count within the bounds, integer
+    budgets within the per-section range that add up to `target` exactly. Deterministic.
+
+    Returns (sections [{title, main_point, words}], notes on what was changed)."""
+    bounds = plan_bounds(target)
+    notes: list[str] = []
+    sections = []
+    for s in raw_sections:
+        title, point = _clean_label(s.get("title")), _clean_label(s.get("main_point"))
+        if not title and not point:
+            continue
+        words = s.get("words")
+        words = words if isinstance(words, (int, float)) and not isinstance(words, bool) and words > 0 else 0
+        sections.append({"title": title or point[:80], "main_point": point or title, "words": float(words)})
+    if len(sections) < len(raw_sections):
+        notes.append(f"dropped {len(raw_sections) - len(sections)} empty section(s)")
+    if not sections:
+        raise StructuredOutputError("the plan has no usable sections")
+    # Unknown budgets count as an average section.
+    known = [s["words"] for s in sections if s["words"] > 0]
+    fill = sum(known) / len(known) if known else 1.0
+    if len(known) < len(sections):
+        notes.append(f"gave {len(sections) - len(known)} section(s) without a budget an average one")
+    for s in sections:
+        s["words"] = s["words"] or fill
+
+    merged = 0
+    while len(sections) > bounds.max_sections:
+        # Merge the adjacent pair with the smallest combined budget (the first such pair).
+        i = min(range(len(sections) - 1), key=lambda k: sections[k]["words"] + sections[k + 1]["words"])
+        a, b = sections[i], sections[i + 1]
+        sections[i:i + 2] = [{
+            "title": f"{a['title']} / {b['title']}",
+            "main_point": f"{a['main_point']} {b['main_point']}",
+            "words": a["words"] + b["words"],
+        }]
+        merged += 1
+    if merged:
+        notes.append(f"merged sections {merged} time(s) to keep at most {bounds.max_sections}")
+
+    split = 0
+    while len(sections) < bounds.min_sections:
+        # Split the section with the largest budget (the first such) into two halves.
+        i = max(range(len(sections)), key=lambda k: sections[k]["words"])
+        s = sections[i]
+        base = re.sub(r" \(part \d+\)$", "", s["title"])
+        sections[i:i + 1] = [
+            {"title": f"{base} (part 1)", "main_point": f"{s['main_point']} (first half)", "words": s["words"] / 2},
+            {"title": f"{base} (part 2)", "main_point": f"{s['main_point']} (second half)", "words": s["words"] / 2},
+        ]
+        split += 1
+    if split:
+        notes.append(f"split sections {split} time(s) to have at least {bounds.min_sections}")
+
+    stated = round(sum(s["words"] for s in sections))
+    budgets = distribute_budget([s["words"] for s in sections], target, bounds.section_min, bounds.section_max)
+    if stated != target:
+        notes.append(f"rescaled section budgets from {stated} to {target} words in total")
+    for s, words in zip(sections, budgets):
+        s["words"] = words
+    return sections, notes
+
+
+def distribute_budget(weights: list[float], total: int, low: int, high: int) -> list[int]:
+    """Integers in [low, high] summing to `total`, proportional to `weights` where the range
+    allows. Requires len(weights) * low <= total <= len(weights) * high."""
+    n = len(weights)
+    if not n * low <= total <= n * high:
+        raise ValueError(f"cannot split {total} into {n} budgets of {low}..{high}")
+    weight_sum = sum(weights) or 1.0
+    shares = [total * w / weight_sum for w in weights]
+    for _ in range(100):  # clamp, then spread what clamping moved over the entries with room
+        clamped = [min(max(s, low), high) for s in shares]
+        diff = total - sum(clamped)
+        if abs(diff) < 1e-6:
+            shares = clamped
+            break
+        movable = [i for i, c in enumerate(clamped) if (c < high if diff > 0 else c > low)]
+        movable_weight = sum(weights[i] for i in movable) or len(movable)
+        shares = clamped
+        for i in movable:
+            shares[i] += diff * (weights[i] or 1.0) / movable_weight
+    floors = [min(max(math.floor(s + 1e-9), low), high) for s in shares]
+    left = total - sum(floors)
+    # Largest remainders get the leftover units (ties: earlier sections first).
+    order = sorted(range(n), key=lambda i: (-(shares[i] - math.floor(shares[i] + 1e-9)), i))
+    step = 1 if left > 0 else -1
+    while left:
+        for i in order:
+            if left and low <= floors[i] + step <= high:
+                floors[i] += step
+                left -= step
+    return floors
+
+
+async def make_plan(ctx: JobContext, params: WriteParams, target: int, language: str) -> dict[str, Any]:
+    """The `plan` step's output: {"sections": [...], "repairs": [...], "planned_by": "model"|"code"}."""
+    bounds = plan_bounds(target)
+    if bounds.max_sections == 1:
+        section = {"title": "", "main_point": params.instruction[:200], "words": target}
+        return {"sections": [section], "repairs": [], "planned_by": "code"}
+
+    async def call_planner() -> dict[str, Any]:
+        from agents.llm.structured import chat_json
+
+        prompt = ctx.render(
+            PLAN_TEMPLATE,
+            instruction=params.instruction,
+            target_words=target,
+            language=language,
+            language_name=LANGUAGE_NAMES[language],
+            unit_name=UNIT_NAMES[language],
+            unit_short=UNIT_SHORT[language],
+            min_sections=bounds.min_sections,
+            max_sections=bounds.max_sections,
+            suggested_sections=bounds.suggested_sections,
+            section_min=bounds.section_min,
+            section_max=bounds.section_max,
+        )
+        messages = [{"role": "user", "content": prompt}]
+        wanted = params.max_tokens_per_call or DEFAULT_MAX_TOKENS_PER_CALL
+        room = output_room(ctx.llm.context_window, await count_message_tokens(ctx.llm, messages))
+        if room < MIN_OUTPUT_TOKENS:
+            raise LLMBadRequest(f"the instruction does not fit the model's {ctx.llm.context_window}-token context")
+        options = _options(params, params.plan_model or params.write_model, min(wanted, room))
+        value, _ = await chat_json(ctx.llm, messages, PLAN_SCHEMA, options)
+        sections, repairs = repair_plan(value["sections"], target)
+        return {"sections": sections, "repairs": repairs, "planned_by": "model"}
+
+    return await ctx.step("plan", call_planner)
+
+
+def _options(params: WriteParams, model: str | None, max_tokens: int) -> GenOptions:
+    return GenOptions(
+        max_tokens=max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+        model=model,
+    )
+
+
+# -- section text clean-up ---------------------------------------------------------------------
+
+_LABEL = re.compile(
+    r"^(?P<heading>\s*#+\s*)?(?:\*\*)?(?:(?:paragraph|section|part)\s+\d+|第\s*[\d一二三四五六七八九十百]+\s*(?:段|部分|节))"
+    r"(?:\*\*)?(?:\s*[:：.、\-–—]\s*|\s*$)",
+    re.I,
+)
+_PLAN_ECHO = re.compile(r"\b(?:main point|word count)\s*:|字数\s*[:：]", re.I)
+_SENTENCE_END = re.compile(r"[.!?。！？…][\"'”’)）」』]*(?=\s|$)|[。！？][\"'”’)）」』]*")
+
+
+def strip_labels(text: str) -> str:
+    """Drop a leading "Paragraph N" / "Section N:" / "第N段" label and an echoed plan line."""
+    lines = text.strip().split("\n")
+    if lines and _PLAN_ECHO.search(lines[0]) and len(lines) > 1:
+        lines = lines[1:]
+    if lines:
+        first = _LABEL.sub(lambda m: m.group("heading") or "", lines[0], count=1)
+        lines[0] = first
+        if not first.strip(" #*"):
+            lines = lines[1:]
+    return "\n".join(lines).strip()
+
+
+def cut_to_sentence_end(text: str) -> str:
+    """`text` up to its last complete sentence (for output cut off at max_tokens)."""
+    ends = list(_SENTENCE_END.finditer(text))
+    if not ends:
+        return text.rstrip()
+    return text[:ends[-1].end()].rstrip()
+
+
+def split_paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def trim_to_budget(text: str, budget: int) -> str:
+    """Cut at the paragraph boundary whose running word count is closest to `budget` (keeping
+    at least one paragraph); a single long paragraph is cut at the closest sentence end."""
+    paragraphs = split_paragraphs(text)
+    if len(paragraphs) > 1:
+        best, best_gap, running = 1, None, 0
+        for k, p in enumerate(paragraphs, 1):
+            running += count_words(p)
+            gap = abs(running - budget)
+            if best_gap is None or gap < best_gap:
+                best, best_gap = k, gap
+        return "\n\n".join(paragraphs[:best])
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends:
+        return text
+    cut = min(ends, key=lambda e: abs(count_words(text[:e]) - budget))
+    return text[:cut].rstrip()
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _section_tokens(words: int, language: str, cap: int) -> int:
+    return min(cap, math.ceil(words * TOKENS_PER_UNIT[language] * MAX_TOKENS_HEADROOM) + 32)
+
+
+def _section_range(first: int, last: int) -> str:
+    return f"section {first}" if first == last else f"sections {first}-{last}"
+
+
+async def _fit_prior(ctx: JobContext, texts: list[str], budget_tokens: int) -> tuple[str, str]:
+    """The text written so far, within `budget_tokens`: everything when it fits; otherwise
+    the most recent sections verbatim (or the final paragraphs of the last one when even it
+    is too long), with a note saying what is left out. Deterministic."""
+    full = "\n\n".join(texts)
+    if not full or await ctx.llm.count_tokens(full) <= budget_tokens:
+        return full, ""
+    n, used, shown = len(texts), 0, 0
+    for text in reversed(texts):
+        tokens = await ctx.llm.count_tokens(text) + 2
+        if used + tokens > budget_tokens:
+            break
+        used += tokens
+        shown += 1
+    if shown:
+        note = (f"{_section_range(1, n - shown)} are written as planned and not repeated here; "
+                f"{_section_range(n - shown + 1, n)} follow")
+        return "\n\n".join(texts[-shown:]), note
+    tail: list[str] = []
+    for paragraph in reversed(split_paragraphs(texts[-1])):
+        tokens = await ctx.llm.count_tokens(paragraph) + 2
+        if used + tokens > budget_tokens:
+            break
+        tail.insert(0, paragraph)
+        used += tokens
+    if tail:
+        return "\n\n".join(tail), f"{_section_range(1, n)} are written as planned; only the end of section {n} is shown"
+    return "", f"{_section_range(1, n)} are written as planned; they are not shown here for lack of room"
+
+
+async def write_section(
+    ctx: JobContext,
+    params: WriteParams,
+    plan: list[dict[str, Any]],
+    index: int,
+    previous: list[str],
+    language: str,
+) -> dict[str, Any]:
+    """Write section `index` (1-based) given the previous sections' texts. Runs inside its step."""
+    section = plan[index - 1]
+    budget = int(section["words"])
+    cap = params.max_tokens_per_call or DEFAULT_MAX_TOKENS_PER_CALL
+    max_calls = 3 + math.ceil(budget / SUGGESTED_SECTION_WORDS)
+    window = ctx.llm.context_window
+    text, finish, calls, compacted = "", "", 0, False
+
+    def render(prior_text: str, prior_note: str, more_words: int) -> list[dict[str, str]]:
+        prompt = ctx.render(
+            SECTION_TEMPLATE,
+            instruction=params.instruction,
+            sections=plan,
+            section=section,
+            index=index,
+            prior_text=prior_text,
+            prior_note=prior_note,
+            continuation=text,
+            more_words=more_words,
+            language=language,
+            language_name=LANGUAGE_NAMES[language],
+            unit_short=UNIT_SHORT[language],
+        )
+        return [{"role": "user", "content": prompt}]
+
+    while calls < max_calls:
+        more = budget - count_words(text)
+        wanted = _section_tokens(more, language, cap)
+        base_tokens = await count_message_tokens(ctx.llm, render("", "", more))
+        room_for_prior = output_room(window, base_tokens) - wanted
+        if room_for_prior < 0:  # even without the text so far: shrink the output instead
+            wanted = output_room(window, base_tokens)
+            room_for_prior = 0
+            if wanted < MIN_OUTPUT_TOKENS:
+                raise LLMBadRequest(
+                    f"section {index}: the instruction and plan leave no room in the model's {window}-token context"
+                )
+        prior_text, prior_note = await _fit_prior(ctx, previous, room_for_prior)
+        compacted = compacted or bool(prior_note)
+        messages = render(prior_text, prior_note, more)
+        options = _options(params, params.write_model, wanted)
+        result = await ctx.llm.chat(messages, options)
+        calls += 1
+        piece = result.text.strip()
+        if not text:
+            piece = strip_labels(piece)
+        if not piece:
+            if not text:
+                raise EmptyModelOutput(f"section {index}: the model returned no text")
+            break  # a continuation with nothing to add: the section is as long as it gets
+        if result.truncated:
+            piece = cut_to_sentence_end(piece) or piece
+        if text:
+            # After a clean stop the continuation is a new paragraph; after a cut it resumes the paragraph.
+            joiner = ("" if language == "zh" else " ") if finish == "length" else "\n\n"
+            text = f"{text}{joiner}{piece}"
+        else:
+            text = piece
+        finish = result.finish_reason
+        if count_words(text) >= CONTINUE_BELOW * budget:
+            break
+
+    trimmed = False
+    if count_words(text) > TRIM_ABOVE * budget:
+        text, trimmed = trim_to_budget(text, budget), True
+    return {
+        "title": section["title"],
+        "target_words": budget,
+        "text": text,
+        "words": count_words(text),
+        "calls": calls,
+        "finish_reason": finish,
+        "truncated": finish == "length",
+        "trimmed": trimmed,
+        "compacted": compacted,
+    }
+
+
+async def write_single(ctx: JobContext, params: WriteParams, target: int, language: str) -> dict[str, Any]:
+    """The baseline: one call for the whole piece, max_tokens as large as the context allows."""
+
+    async def call() -> dict[str, Any]:
+        prompt = ctx.render(
+            SINGLE_TEMPLATE,
+            instruction=params.instruction,
+            target_words=target,
+            language_name=LANGUAGE_NAMES[language],
+            unit_short=UNIT_SHORT[language],
+        )
+        messages = [{"role": "user", "content": prompt}]
+        room = output_room(ctx.llm.context_window, await count_message_tokens(ctx.llm, messages))
+        max_tokens = min(room, params.max_tokens_per_call or SINGLE_MAX_TOKENS)
+        if max_tokens < MIN_OUTPUT_TOKENS:
+            raise LLMBadRequest(f"the instruction does not fit the model's {ctx.llm.context_window}-token context")
+        result = await ctx.llm.chat(messages, _options(params, params.write_model, max_tokens))
+        text = result.text.strip()
+        if not text:
+            raise EmptyModelOutput("the model returned no text")
+        return {
+            "title": "",
+            "target_words": target,
+            "text": text,
+            "words": count_words(text),
+            "calls": 1,
+            "finish_reason": result.finish_reason,
+            "truncated": result.truncated,
+            "trimmed": False,
+            "compacted": False,
+        }
+
+    return await ctx.step("single", call)
+
+
+async def score_quality(ctx: JobContext, params: WriteParams, text: str) -> dict[str, Any]:
+    """The `judge` step: {"status": "scored", "ratings", "S_q", ...} | {"status": "missing", "error"}."""
+    judge = ctx.judge
+
+    async def call() -> dict[str, Any]:
+        return await judge_quality(judge, params.instruction, text, render=ctx.render)
+
+    return await ctx.step("judge", call)
+
+
+async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
+    """Run a `write` job. Result:
+
+    {"text", "word_count", "target_words", "target_source", "language", "method",
+     "plan": [{"title", "main_point", "words"}], "plan_repairs": [str], "truncated": bool,
+     "sections": [{"title", "target_words", "words", "calls", "truncated", "trimmed", "compacted"}],
+     "scores": {"S_l", "S_q", "S", "quality": {dimension: 1..5} | None,
+                "quality_status": "scored" | "missing" | "not_configured" | "not_requested",
+                "quality_error": str | None}}
+    """
+    max_target = getattr(ctx.settings, "max_target_words", None) or DEFAULT_MAX_TARGET_WORDS
+    target, target_source = resolve_target(params, max_target)
+    language = resolve_language(params.instruction, params.language)
+
+    if params.method == "single":
+        plan: list[dict[str, Any]] = []
+        repairs: list[str] = []
+        outputs = [await write_single(ctx, params, target, language)]
+        await ctx.progress(outputs[0]["words"], target, section=1, sections=1)
+    else:
+        planned = await make_plan(ctx, params, target, language)
+        plan, repairs = planned["sections"], planned["repairs"]
+        outputs = []
+        written = 0
+        for i in range(1, len(plan) + 1):
+            previous = [o["text"] for o in outputs]
+            output = await ctx.step(
+                f"section/{i}", lambda i=i, previous=previous: write_section(ctx, params, plan, i, previous, language)
+            )
+            outputs.append(output)
+            written += output["words"]
+            await ctx.progress(written, target, section=i, sections=len(plan))
+
+    text = "\n\n".join(o["text"] for o in outputs)
+    word_count = count_words(text)
+    scores: dict[str, Any] = {
+        "S_l": length_score(word_count, target),
+        "S_q": None,
+        "S": None,
+        "quality": None,
+        "quality_status": "not_requested" if not params.judge else "not_configured",
+        "quality_error": None,
+    }
+    if params.judge and ctx.judge is not None:
+        verdict = await score_quality(ctx, params, text)
+        scores["quality_status"] = verdict["status"]
+        if verdict["status"] == "scored":
+            scores["quality"], scores["S_q"] = verdict["ratings"], verdict["S_q"]
+            scores["S"] = overall_score(scores["S_l"], scores["S_q"])
+        else:
+            scores["quality_error"] = verdict.get("error")
+    return {
+        "text": text,
+        "word_count": word_count,
+        "target_words": target,
+        "target_source": target_source,
+        "language": language,
+        "method": params.method,
+        "plan": plan,
+        "plan_repairs": repairs,
+        "truncated": any(o["truncated"] for o in outputs),
+        "sections": [{k: v for k, v in o.items() if k != "text"} for o in outputs],
+        "scores": scores,
+    }

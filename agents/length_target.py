@@ -1,0 +1,228 @@
+"""Read the requested length out of a writing instruction ("about 3000 words", "5000字", "三千字").
+
+`parse_target_words(text)` returns the number of words (English) or 字 (Chinese) the
+instruction asks for, or None when it states none. The unit matches `agents.text.count_words`,
+which counts CJK characters and English words alike, so the number is used as-is.
+
+Rules (each found mention is a candidate; the LAST one in the text wins, since length
+requirements usually close an instruction and earlier numbers tend to belong to material):
+- English: "3000 words", "3,000-word", "10k words", "two thousand words", "300词".
+- Chinese: "2000字", "两千字", "一万五千字", "1.5万字", "字数：2000左右", "2000余字".
+- Ranges ("100至200字", "between 800 and 1000 words", "300-400 words") give the upper
+  bound: LongBench-Write's hand annotations do the same.
+- Per-item counts are multiplied by the item count when one is stated: "五篇日记…每篇400字"
+  is 2000, "分两部分写，各写1000字" is 2000, "5 diaries of 400 words each" is 2000.
+- Pages, as a last resort ("a 50-page novel"), count WORDS_PER_PAGE words each.
+
+It is a heuristic: about one in ten LongBench-Write prompts states its length only
+implicitly, which is why jobs accept an explicit `target_words`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+WORDS_PER_PAGE = 200  # LongBench-Write annotates "a 50-page novel" as 10,000 words
+MIN_SPELLED_OUT = 50  # spelled-out numbers below this next to 字/word are idioms ("十字", "a word")
+
+_ZH_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "俩": 2, "三": 3, "四": 4, "五": 5,
+              "六": 6, "七": 7, "八": 8, "九": 9}
+_ZH_UNITS = {"十": 10, "百": 100, "千": 1000}
+_ZH_NUM_CHARS = "零〇一二两俩三四五六七八九十百千万"
+
+_EN_SMALL = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
+    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+    "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+}
+_EN_SCALE = {"hundred": 100, "thousand": 1000}
+
+# A number as written in instructions: "3000", "3,000", "1.5", "10k", "1.5万", "三千五百".
+_ARABIC = r"\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?"
+_NUM = rf"(?:(?:{_ARABIC})\s*[kK千万]?|[{_ZH_NUM_CHARS}]+)"
+
+_RANGE_SEP = r"\s*(?:至|到|-|–|—|~|～|to|and)\s*"
+_UNIT_WORDS = r"(?:words?\b|个字|字|词)"
+
+# "between 800 and 1000 words", "100至200字", "300-400 words"
+_RANGE = re.compile(rf"(?<![\d.,])(?P<a>{_NUM}){_RANGE_SEP}(?P<b>{_NUM})\s*(?:多|余)?\s*-?\s*{_UNIT_WORDS}", re.I)
+# "3000 words", "3,000-word", "2000字", "两千余字"
+_SINGLE = re.compile(rf"(?<![\d.,])(?P<n>{_NUM})\s*(?:多|余)?\s*-?\s*{_UNIT_WORDS}", re.I)
+# "two thousand words", "five-hundred-word": up to five words before "word(s)"
+_EN_WORDS = re.compile(r"\b(?P<w>(?:[a-z]+[\s-]+){1,5})words?\b", re.I)
+# "字数要求：2000左右", "讲稿字数1400左右", "字数：不少于3000"
+_ZH_FIELD = re.compile(
+    rf"字数[^\d{_ZH_NUM_CHARS}\n]{{0,8}}(?P<a>{_NUM})(?:{_RANGE_SEP}(?P<b>{_NUM}))?"
+)
+# "50-page novel", "10 pages"
+_PAGES = re.compile(rf"(?<![\d.,])(?P<n>{_ARABIC})\s*-?\s*pages?\b", re.I)
+
+# Per-item phrases and the counts they multiply with.
+_ZH_CLASSIFIERS = "篇|个|段|部分|节|章|天|首|封|则|幕|课|次课|条|份"
+_ZH_EACH = re.compile(rf"(?:每(?P<cls>{_ZH_CLASSIFIERS})[^，。,；;\n\d{_ZH_NUM_CHARS}]{{0,4}}|各写?约?|分别写?约?)$")
+_ZH_COUNT = re.compile(rf"(?P<n>\d+|[{_ZH_NUM_CHARS}]+)\s*(?P<cls>{_ZH_CLASSIFIERS})")
+_EN_EACH_AFTER = re.compile(r"^\s*(?:words?)?\s*each\b", re.I)
+_EN_EACH_BEFORE = re.compile(r"\beach\b[^.\n]{0,30}$", re.I)
+_EN_COUNT = re.compile(r"\b(?P<n>\d+|two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty)\s+(?:[a-z-]+\s+){0,2}?[a-z-]*s\b", re.I)
+
+
+@dataclass(frozen=True)
+class LengthMention:
+    """One length requirement found in the text."""
+
+    words: int
+    start: int
+    end: int
+    kind: str  # "words", "range", "field", "pages", "each"
+
+
+def parse_chinese_number(text: str) -> int | None:
+    """三千 -> 3000, 一万五千 -> 15000, 一万五 -> 15000, 两百 -> 200, 十五 -> 15; None if not a numeral."""
+    if not text or any(ch not in _ZH_NUM_CHARS for ch in text):
+        return None
+    total = 0  # completed 万 groups
+    section = 0  # below 万
+    digit: int | None = None
+    last_unit = 1
+    for ch in text:
+        if ch in _ZH_DIGITS:
+            digit = _ZH_DIGITS[ch]
+        elif ch in _ZH_UNITS:
+            unit = _ZH_UNITS[ch]
+            section += (1 if digit is None else digit) * unit
+            digit, last_unit = None, unit
+        else:  # 万
+            total += (section + (digit or 0)) * 10000 or 10000
+            section, digit, last_unit = 0, None, 10000
+    if digit is not None:
+        # A trailing digit right after a unit is the next lower unit: 一万五 = 15000, 三千五 = 3500.
+        section += digit * (last_unit // 10) if last_unit > 1 and len(text) > 1 else digit
+    value = total + section
+    return value or None
+
+
+def parse_number(text: str) -> int | None:
+    """Arabic ("3,000", "1.5", "10k", "1.5万"), Chinese ("三千") or English ("two thousand") numbers."""
+    text = text.strip()
+    if not text:
+        return None
+    m = re.fullmatch(rf"({_ARABIC})\s*([kK千万]?)", text)
+    if m:
+        value = float(m.group(1).replace(",", ""))
+        value *= {"": 1, "k": 1000, "K": 1000, "千": 1000, "万": 10000}[m.group(2)]
+        return int(round(value)) or None
+    zh = parse_chinese_number(text)
+    if zh is not None:
+        return zh
+    return _parse_english_number(text)
+
+
+def _parse_english_number(text: str) -> int | None:
+    parts = [p for p in re.split(r"[\s-]+", text.lower()) if p and p != "and"]
+    if not parts:
+        return None
+    total, current = 0, 0
+    for i, part in enumerate(parts):
+        if part in ("a", "an") and (i > 0 or len(parts) == 1 or parts[1] not in _EN_SCALE):
+            return None  # "a" is a number only in "a hundred", "a thousand"
+        if part in _EN_SMALL:
+            current += _EN_SMALL[part]
+        elif part == "hundred":
+            current = (current or 1) * 100
+        elif part == "thousand":
+            total += (current or 1) * 1000
+            current = 0
+        else:
+            return None
+    return (total + current) or None
+
+
+def _multiplier_before(text: str, pos: int, cls: str | None) -> int | None:
+    """The item count a per-item length ("每篇400字") refers to: the nearest "五篇" before it."""
+    counts = list(_ZH_COUNT.finditer(text, 0, pos))
+    if cls:
+        same = [m for m in counts if m.group("cls") == cls]
+        counts = same or counts
+    for m in reversed(counts):
+        n = parse_number(m.group("n"))
+        if n and 1 < n <= 100:
+            return n
+    return None
+
+
+def _english_multiplier(text: str, pos: int) -> int | None:
+    sentence_start = max(text.rfind(".", 0, pos), text.rfind("\n", 0, pos)) + 1
+    counts = list(_EN_COUNT.finditer(text, sentence_start, pos))
+    for m in reversed(counts):
+        n = parse_number(m.group("n"))
+        if n and 1 < n <= 100:
+            return n
+    return None
+
+
+def find_length_mentions(text: str) -> list[LengthMention]:
+    """Every length requirement in `text`, in order of position (overlaps resolved)."""
+    found: list[LengthMention] = []
+    taken: list[tuple[int, int]] = []
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= s or start >= e for s, e in taken)
+
+    def add(words: int | None, start: int, end: int, kind: str) -> None:
+        if words and words > 0 and free(start, end):
+            found.append(LengthMention(words, start, end, kind))
+            taken.append((start, end))
+
+    for m in _RANGE.finditer(text):
+        a, b = parse_number(m.group("a")), parse_number(m.group("b"))
+        if a and b and a < b:  # "3-4 words" style noise is still a range; "2024-2025" has no unit
+            add(b, m.start(), m.end(), "range")
+    for m in _ZH_FIELD.finditer(text):
+        values = [parse_number(m.group(g)) for g in ("a", "b") if m.group(g)]
+        values = [v for v in values if v]
+        if values:
+            add(max(values), m.start("a"), m.end(), "field")
+    for m in _SINGLE.finditer(text):
+        n = parse_number(m.group("n"))
+        # "十字路口", "一字一句", "三字经": spelled-out numbers that small are idioms, not lengths.
+        if n and (n >= MIN_SPELLED_OUT or m.group("n")[0].isdigit()):
+            add(n, m.start(), m.end(), "words")
+    for m in _EN_WORDS.finditer(text):
+        tokens = [t for t in re.split(r"[\s-]+", m.group("w")) if t]
+        for i in range(len(tokens)):  # the longest run of number words right before "words"
+            n = _parse_english_number(" ".join(tokens[i:]))
+            if n:
+                if n >= MIN_SPELLED_OUT:  # "in a word", "one word" are not lengths
+                    offset = m.group("w").lower().find(tokens[i].lower())
+                    add(n, m.start() + offset, m.end(), "words")
+                break
+    found.sort(key=lambda x: x.start)
+
+    # Per-item lengths become totals when the item count is stated.
+    resolved: list[LengthMention] = []
+    for mention in found:
+        before = text[max(0, mention.start - 12):mention.start]
+        after = text[mention.end:mention.end + 12]
+        zh_each = _ZH_EACH.search(before)
+        factor = None
+        if zh_each:
+            factor = _multiplier_before(text, mention.start - len(before) + zh_each.start(), zh_each.group("cls"))
+        elif _EN_EACH_AFTER.search(after) or _EN_EACH_BEFORE.search(text[max(0, mention.start - 40):mention.start]):
+            factor = _english_multiplier(text, mention.start)
+        if factor:
+            mention = LengthMention(mention.words * factor, mention.start, mention.end, "each")
+        resolved.append(mention)
+
+    if not resolved:
+        for m in _PAGES.finditer(text):
+            n = parse_number(m.group("n"))
+            if n:
+                resolved.append(LengthMention(n * WORDS_PER_PAGE, m.start(), m.end(), "pages"))
+    return resolved
+
+
+def parse_target_words(text: str) -> int | None:
+    """The length the instruction asks for (words / 字), or None when it states none."""
+    mentions = find_length_mentions(text)
+    return mentions[-1].words if mentions else None

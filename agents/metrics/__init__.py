@@ -1,0 +1,4 @@
+"""Metrics, one module per benchmark. Each module says which word count it uses.
+
+- `agents.metrics.longbench_write`: LongBench-Write length score S_l, the quality judge and S_q.
+"""

@@ -1,0 +1,327 @@
+"""AgentWrite: params, plan repair, section writing, resume, scoring (in-process fake client),
+plus end-to-end runs through the fake vLLM server over HTTP."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from agents import agentwrite
+from agents.agentwrite import (
+    EmptyModelOutput,
+    WriteParams,
+    distribute_budget,
+    plan_bounds,
+    repair_plan,
+    resolve_language,
+    strip_labels,
+    trim_to_budget,
+)
+from agents.context import JobContext, ListEventSink, MemoryStepStore
+from agents.llm.types import GenOptions, LLMResult
+from agents.settings import Settings
+from agents.text import count_words
+
+_ASK = re.compile(r"(\d+)\s*(?:words|字)")
+
+
+class ScriptedWriter:
+    """Answers plan prompts with `plan_words` sections and text prompts with `factor` times
+    the last "N words" asked for, in 50-word paragraphs (capped at `natural` words per call)."""
+
+    model_name = "scripted"
+
+    def __init__(self, plan_words=(400, 400, 400), factor=1.0, natural=10_000, context_window=8192,
+                 fail_on_call=None, empty_on_call=None, verdict=None, truncate_first=False):
+        self.plan_words = list(plan_words)
+        self.factor = factor
+        self.natural = natural
+        self.context_window = context_window
+        self.fail_on_call = fail_on_call
+        self.empty_on_call = empty_on_call
+        self.verdict = verdict
+        self.truncate_first = truncate_first
+        self.prompts: list[str] = []
+        self.options: list[GenOptions] = []
+
+    async def chat(self, messages, options=None):
+        options = options or GenOptions()
+        prompt = messages[-1]["content"]
+        self.prompts.append(prompt)
+        self.options.append(options)
+        n = len(self.prompts)
+        if self.fail_on_call == n:
+            raise RuntimeError("server died")
+        if options.json_schema and "sections" in options.json_schema.get("properties", {}):
+            sections = [{"title": f"Part {i}", "main_point": f"point {i}", "words": w}
+                        for i, w in enumerate(self.plan_words, 1)]
+            return self._result(json.dumps({"sections": sections}))
+        if options.json_schema:
+            return self._result(json.dumps(self.verdict) if isinstance(self.verdict, dict) else str(self.verdict))
+        if self.empty_on_call == n:
+            return self._result("   ")
+        asked = int(_ASK.findall(prompt)[-1])
+        words = min(self.natural, max(1, round(asked * self.factor)))
+        finish = "stop"
+        if self.truncate_first and n == 2:
+            words, finish = words // 2, "length"
+        paragraphs, left = [], words
+        while left > 0:
+            k = min(50, left)
+            paragraphs.append(" ".join(["word"] * (k - 1) + ["end."]))
+            left -= k
+        text = "\n\n".join(paragraphs)
+        if finish == "length":
+            text += " and then it was cut"
+        return self._result(text, finish)
+
+    def _result(self, text, finish="stop"):
+        return LLMResult(text=text, finish_reason=finish, prompt_tokens=10, completion_tokens=len(text.split()),
+                         latency_s=0.0, model=self.model_name)
+
+    async def complete(self, prompt, options=None):
+        return await self.chat([{"role": "user", "content": prompt}], options)
+
+    async def count_tokens(self, text):
+        return len(text.split())
+
+    async def aclose(self):
+        pass
+
+
+def _ctx(llm, store=None, judge=None, events=None):
+    return JobContext(llm, store=store or MemoryStepStore(), events=events or ListEventSink(),
+                      settings=Settings(max_target_words=50_000), judge=judge)
+
+
+# -- params ----------------------------------------------------------------------------------------
+
+
+def test_params_reject_bad_input():
+    with pytest.raises(ValidationError, match="instruction must not be empty"):
+        WriteParams(instruction="   ")
+    for bad in (0, -5):
+        with pytest.raises(ValidationError, match="target_words must be between 1 and 100000"):
+            WriteParams(instruction="Write", target_words=bad)
+    with pytest.raises(ValidationError, match="between 1 and 5000"):
+        WriteParams.model_validate({"instruction": "Write", "target_words": 6000},
+                                   context={"max_target_words": 5000})
+    with pytest.raises(ValidationError):
+        WriteParams(instruction="Write", method="parallel")
+
+
+async def test_run_checks_target_against_settings():
+    llm = ScriptedWriter()
+    with pytest.raises(ValueError, match="between 1 and 50000"):
+        await agentwrite.run(_ctx(llm), WriteParams(instruction="Write", target_words=60_000))
+    # A target read from the instruction is checked too.
+    with pytest.raises(ValueError, match="between 1 and 50000"):
+        await agentwrite.run(_ctx(llm), WriteParams(instruction="Write a 90000-word novel"))
+    assert llm.prompts == []
+
+
+def test_target_and_language_resolution():
+    assert agentwrite.resolve_target(WriteParams(instruction="Write about 3000 words on Rome"), 10**5) == (3000, "instruction")
+    assert agentwrite.resolve_target(WriteParams(instruction="写一篇五千字的小说"), 10**5) == (5000, "instruction")
+    assert agentwrite.resolve_target(WriteParams(instruction="Write a poem", target_words=77), 10**5) == (77, "given")
+    assert agentwrite.resolve_target(WriteParams(instruction="Write a poem"), 10**5) == (agentwrite.DEFAULT_TARGET_WORDS, "default")
+    assert resolve_language("写一篇五千字的小说") == "zh"
+    assert resolve_language("Write 300 words") == "en"
+    assert resolve_language("帮我用英文写一篇关于郭沫若生平的文章，不少于4000字") == "en"
+    assert resolve_language("Write a 800 words Chinese news for CEVA") == "zh"
+    assert resolve_language("Write 300 words", "zh") == "zh"
+
+
+# -- plan repair -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [601, 800, 1500, 2000, 3000, 10_000, 20_000, 100_000])
+def test_plan_bounds_are_feasible(target):
+    b = plan_bounds(target)
+    assert 1 <= b.min_sections <= b.suggested_sections <= b.max_sections <= agentwrite.MAX_SECTIONS
+    assert b.min_sections * b.section_max >= target >= b.max_sections * b.section_min
+    if target >= 2000 and target <= 50_000:
+        assert (b.section_min, b.section_max) == (200, 1000)
+
+
+def test_repair_rescales_to_target_exactly_and_clamps():
+    sections, notes = repair_plan([{"title": "A", "main_point": "a", "words": 100},
+                                   {"title": "B", "main_point": "b", "words": 300},
+                                   {"title": "C", "main_point": "c", "words": 5000}], 3000)
+    budgets = [s["words"] for s in sections]
+    assert sum(budgets) == 3000
+    assert all(200 <= w <= 1000 for w in budgets)
+    assert any("rescaled" in n for n in notes)
+
+
+def test_repair_fixes_counts():
+    one = repair_plan([{"title": "Only", "main_point": "everything", "words": 10_000}], 10_000)[0]
+    assert len(one) == 10 and sum(s["words"] for s in one) == 10_000
+    assert all(s["words"] <= 1000 for s in one)
+    assert one[0]["title"].startswith("Only (part")
+    many = repair_plan([{"title": f"T{i}", "main_point": "p", "words": 20} for i in range(80)], 3000)[0]
+    assert len(many) == plan_bounds(3000).max_sections == 15
+    assert sum(s["words"] for s in many) == 3000
+    # Missing budgets and empty sections.
+    mixed, notes = repair_plan([{"title": "", "main_point": "", "words": 5},
+                                {"title": "X", "main_point": "x", "words": 0},
+                                {"title": "Y", "main_point": "y", "words": 900}], 1800)
+    assert [s["title"] for s in mixed] == ["X", "Y"] and sum(s["words"] for s in mixed) == 1800
+    assert len(notes) >= 2
+    with pytest.raises(Exception, match="no usable sections"):
+        repair_plan([{"title": " ", "main_point": "", "words": 3}], 3000)
+
+
+def test_distribute_budget_properties():
+    assert distribute_budget([1, 1, 1], 1000, 200, 1000) == [334, 333, 333]
+    out = distribute_budget([1, 50, 1, 1], 2000, 200, 1000)
+    assert sum(out) == 2000 and out[1] == 1000 and min(out) >= 200
+    with pytest.raises(ValueError):
+        distribute_budget([1, 1], 5000, 200, 1000)
+
+
+# -- text clean-up ----------------------------------------------------------------------------------
+
+
+def test_label_stripping_and_trimming():
+    assert strip_labels("Paragraph 3: The rise of Rome\n\nText") == "The rise of Rome\n\nText"
+    assert strip_labels("第2段：秋天来了。") == "秋天来了。"
+    assert strip_labels("Paragraph 1 - Main Point: intro - Word Count: 300 words\nReal text.") == "Real text."
+    assert strip_labels("Part 1 of the story begins.") == "Part 1 of the story begins."
+    text = "\n\n".join(" ".join(["w"] * 99 + ["end."]) for _ in range(10))  # 10 x 100 words
+    assert count_words(trim_to_budget(text, 420)) == 400
+    assert count_words(trim_to_budget(text, 20)) == 100  # never below one paragraph
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+async def test_agentwrite_writes_sections_in_order_with_the_plan():
+    llm = ScriptedWriter(plan_words=(500, 700, 800))
+    events = ListEventSink()
+    ctx = _ctx(llm, events=events)
+    result = await agentwrite.run(ctx, WriteParams(instruction="Write about 2000 words on rivers"))
+    assert result["target_words"] == 2000 and result["target_source"] == "instruction"
+    assert [s["words"] for s in result["plan"]] == [500, 700, 800]
+    assert [s["words"] for s in result["sections"]] == [500, 700, 800]
+    assert result["word_count"] == count_words(result["text"]) == 2000
+    assert result["scores"]["S_l"] == 100.0 and result["scores"]["quality_status"] == "not_configured"
+    assert set(ctx.store.outputs) == {"plan", "section/1", "section/2", "section/3"}
+    # Section prompts: shared part first, own budget last, earlier text included.
+    section_prompts = llm.prompts[1:]
+    assert all(p.startswith('The writing request:\n"""\nWrite about 2000 words on rivers') for p in section_prompts)
+    assert section_prompts[1].rstrip().endswith("about 700 words.")
+    assert "<written>" not in section_prompts[0] and "<written>" in section_prompts[2]
+    progress = [d for t, d in events.events if t == "progress"]
+    assert [(p["done"], p["section"], p["sections"]) for p in progress] == [(500, 1, 3), (1200, 2, 3), (2000, 3, 3)]
+
+
+async def test_short_target_skips_the_plan():
+    llm = ScriptedWriter()
+    ctx = _ctx(llm)
+    result = await agentwrite.run(ctx, WriteParams(instruction="Write a 300-word poem about tea"))
+    assert len(llm.prompts) == 1 and "plan" not in ctx.store.outputs
+    assert result["word_count"] == 300 and len(result["sections"]) == 1
+
+
+async def test_short_section_is_continued_and_long_one_trimmed():
+    llm = ScriptedWriter(plan_words=(1000, 1000), natural=600)
+    result = await agentwrite.run(_ctx(llm), WriteParams(instruction="Write", target_words=2000))
+    assert [s["calls"] for s in result["sections"]] == [2, 2]
+    assert result["word_count"] == 2000
+    assert "Continue from exactly where it stops" in llm.prompts[2]
+    assert llm.prompts[2].rstrip().endswith("about 400 words.")
+
+    llm = ScriptedWriter(plan_words=(1000, 1000), factor=2.0)
+    result = await agentwrite.run(_ctx(llm), WriteParams(instruction="Write", target_words=2000))
+    assert all(s["trimmed"] and s["words"] == 1000 for s in result["sections"])
+
+
+async def test_cut_off_section_is_repaired_and_flagged():
+    llm = ScriptedWriter(plan_words=(1000, 1000), truncate_first=True)
+    result = await agentwrite.run(_ctx(llm), WriteParams(instruction="Write", target_words=2000))
+    first = result["sections"][0]
+    assert first["calls"] == 2 and not first["truncated"]
+    assert "it was cut" not in result["text"]  # the partial sentence was dropped
+
+
+async def test_empty_output_raises_and_is_not_stored():
+    llm = ScriptedWriter(plan_words=(1000, 1000), empty_on_call=3)
+    ctx = _ctx(llm)
+    with pytest.raises(EmptyModelOutput):
+        await agentwrite.run(ctx, WriteParams(instruction="Write", target_words=2000))
+    assert set(ctx.store.outputs) == {"plan", "section/1"}
+    assert "section/2" in ctx.store.errors
+
+
+async def test_resume_writes_only_missing_sections_and_replays_exactly():
+    store = MemoryStepStore()
+    plan = [200] * 20
+    llm = ScriptedWriter(plan_words=plan, fail_on_call=1 + 12)  # the plan, 11 sections, then a crash
+    with pytest.raises(RuntimeError):
+        await agentwrite.run(_ctx(llm, store=store), WriteParams(instruction="Write", target_words=4000))
+    assert sorted(k for k in store.outputs if k.startswith("section/")) == sorted(f"section/{i}" for i in range(1, 12))
+    done_before = dict(store.outputs)
+
+    llm2 = ScriptedWriter(plan_words=[999] * 3)  # a different plan would show if the plan were redone
+    ctx2 = _ctx(llm2, store=store)
+    result = await agentwrite.run(ctx2, WriteParams(instruction="Write", target_words=4000))
+    assert len(llm2.prompts) == 9 and ctx2.steps_run == 9
+    assert all("Write section" in p for p in llm2.prompts)
+    assert llm2.prompts[0].rstrip().endswith("about 200 words.") and "section 12 of 20" in llm2.prompts[0]
+    assert all(store.outputs[k] == v for k, v in done_before.items())
+    assert len(result["sections"]) == 20 and result["word_count"] == 4000
+
+    # Replaying a finished job calls nothing and returns the same result.
+    llm3 = ScriptedWriter()
+    again = await agentwrite.run(_ctx(llm3, store=store), WriteParams(instruction="Write", target_words=4000))
+    assert llm3.prompts == [] and again == result
+
+
+async def test_text_so_far_is_compacted_past_the_context_window():
+    llm = ScriptedWriter(plan_words=[1000] * 12, context_window=6000)
+    result = await agentwrite.run(_ctx(llm), WriteParams(instruction="Write", target_words=12_000))
+    assert result["word_count"] == 12_000
+    compacted = [s["compacted"] for s in result["sections"]]
+    assert not compacted[0] and compacted[-1]
+    last = llm.prompts[-1]
+    assert "are written as planned and not repeated here" in last
+    assert len(last.split()) + llm.options[-1].max_tokens <= 6000
+
+
+async def test_single_method_is_one_call():
+    llm = ScriptedWriter(natural=1200)
+    ctx = _ctx(llm)
+    result = await agentwrite.run(ctx, WriteParams(instruction="Write", target_words=5000, method="single"))
+    assert len(llm.prompts) == 1 and set(ctx.store.outputs) == {"single"}
+    assert result["word_count"] == 1200 and result["plan"] == []
+    assert result["scores"]["S_l"] == pytest.approx(100 * (1 - (5000 / 1200 - 1) / 2) if 5000 / 1200 < 3 else 0.0)
+    assert llm.options[0].max_tokens > 4096 - 100
+
+
+VERDICT = {"Analysis": "fine", "Relevance": 5, "Accuracy": 4, "Coherence": 4, "Clarity": 5,
+           "Breadth and Depth": 3, "Reading Experience": 4}
+
+
+async def test_quality_is_judged_in_its_own_step():
+    judge = ScriptedWriter(verdict=VERDICT)
+    ctx = _ctx(ScriptedWriter(), judge=judge)
+    result = await agentwrite.run(ctx, WriteParams(instruction="Write", target_words=300))
+    scores = result["scores"]
+    assert scores["quality_status"] == "scored" and scores["quality"]["Relevance"] == 5
+    assert scores["S_q"] == pytest.approx(sum((v - 1) * 25 for k, v in VERDICT.items() if k != "Analysis") / 6)
+    assert scores["S"] == pytest.approx((scores["S_l"] + scores["S_q"]) / 2)
+    assert "judge" in ctx.store.outputs and "Do NOT take into account whether it is as long" in judge.prompts[0]
+
+    off = await agentwrite.run(_ctx(ScriptedWriter(), judge=judge), WriteParams(instruction="W", target_words=300, judge=False))
+    assert off["scores"]["quality_status"] == "not_requested"
+
+
+async def test_unparseable_verdict_is_missing_not_a_number():
+    judge = ScriptedWriter(verdict="I think it is good, maybe 4/5")
+    result = await agentwrite.run(_ctx(ScriptedWriter(), judge=judge), WriteParams(instruction="Write", target_words=300))
+    scores = result["scores"]
+    assert scores["quality_status"] == "missing" and scores["S_q"] is None and scores["quality"] is None
+    assert scores["quality_error"] and len(judge.prompts) == 5
