@@ -49,6 +49,7 @@ class _LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.runtime = WorkerRuntime(settings)
+        self.runtime.enqueue = enqueue
         self.thread = threading.Thread(target=self.loop.run_forever, name="longform-jobs", daemon=True)
         self.thread.start()
 

@@ -21,6 +21,7 @@ class EmbeddedWorker:
     def __init__(self, settings: Settings, runtime: WorkerRuntime | None = None, poll_s: float = 0.2):
         self.settings = settings
         self.runtime = runtime or WorkerRuntime(settings)
+        self.runtime.enqueue = lambda _job_id, _priority: self.notify()
         self.poll_s = poll_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from agents.context import JobCancelled, JobContext
 from agents.llm.types import LLMClient
@@ -44,6 +44,8 @@ class WorkerRuntime:
         self._judge = judge
         self._judge_made = judge is not None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # How a job created here becomes runnable: a Celery task, or a wake-up of the embedded worker.
+        self.enqueue: Callable[[str, int], None] = lambda job_id, priority: None
 
     @property
     def llm(self) -> LLMClient:
@@ -164,6 +166,30 @@ class WorkerRuntime:
 
         recorded = await self._db(record)
         return status if recorded else SKIPPED
+
+    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
+        """Create child jobs of a parent (idempotent per item), queue them, return their ids."""
+        from workers.kinds import validate_params
+
+        def create(session) -> list[str]:
+            parent = repo.get_job(session, parent_id)
+            ids = []
+            for index, params in enumerate(params_list):
+                model = validate_params(kind, params, context={"settings": self.settings})
+                job, _ = repo.create_job(
+                    session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,
+                    idempotency_key=f"{parent_id}/child/{index}", parent_id=parent_id,
+                )
+                ids.append(job.id)
+            return ids
+
+        ids = await self._db(create)
+        for job_id in ids:
+            self.enqueue(job_id, priority)
+        return ids
+
+    async def children_status(self, parent_id: str) -> dict[str, int]:
+        return await self._db(repo.children_status, parent_id)
 
     async def _load_document(self, document_id: str) -> str:
         def load(session) -> str:

@@ -1,0 +1,84 @@
+"""Dataset builds: submit (a `dataset` job), follow, and export JSONL at any time."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.auth import Principal, principal
+from api.routes.jobs import load_visible_job, submit_job
+from api.serialize import job_json
+from api.state import AppState, get_state
+from db import repo
+from workers import dataset as dataset_kind
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+
+
+@router.post("/datasets", status_code=202)
+def create_dataset(
+    body: dict[str, Any],
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+):
+    """Body: the `dataset` params (items | jsonl | document_id | seeds+count, write, gates, formats) and an optional priority."""
+    params = dict(body)
+    priority = params.pop("priority", 5)
+    if not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise HTTPException(422, "priority must be an integer from 0 to 9")
+    rejected: list[dict[str, Any]] = []
+    if isinstance(params.get("jsonl"), str):
+        # Report bad lines now, by line number; the good lines still make the dataset.
+        items, rejected = dataset_kind.ds.parse_instruction_jsonl(params["jsonl"])
+        if not items:
+            raise HTTPException(422, {"message": "no valid instruction lines", "rejected_lines": rejected})
+    data, created = submit_job(state, who, "dataset", params, priority, idempotency_key)
+    data["rejected_lines"] = rejected
+    return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/datasets/{data['id']}"})
+
+
+def _dataset_job(state: AppState, dataset_id: str, who: Principal):
+    with state.db.session() as session:
+        job = load_visible_job(session, dataset_id, who)
+        if job.kind != "dataset":
+            raise HTTPException(404, f"dataset {dataset_id} not found (job {dataset_id} is a {job.kind} job)")
+        return job_json(session, job)
+
+
+@router.get("/datasets/{dataset_id}")
+def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    body = _dataset_job(state, dataset_id, who)
+    with state.db.session() as session:
+        body["children"] = repo.children_status(session, dataset_id)
+    return body
+
+
+@router.get("/datasets/{dataset_id}/export")
+def export_dataset(
+    dataset_id: str,
+    format: str = Query(default="longwriter", description="longwriter (messages), alpaca or sharegpt"),
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+):
+    """JSONL of the items that pass the gates so far: works while running and after a cancel."""
+    if format not in dataset_kind.FORMATS:
+        raise HTTPException(422, f"format must be one of {', '.join(dataset_kind.FORMATS)}")
+    job = _dataset_job(state, dataset_id, who)
+    gates = dataset_kind.ds.GateSettings.model_validate(job["params"].get("gates") or {})
+    records, _stats = dataset_kind.build_export(state.db, dataset_id, gates, format)
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return StreamingResponse(
+        lines, media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{dataset_id}-{format}.jsonl"'},
+    )
+
+
+@router.get("/datasets/{dataset_id}/stats")
+def dataset_stats(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    job = _dataset_job(state, dataset_id, who)
+    gates = dataset_kind.ds.GateSettings.model_validate(job["params"].get("gates") or {})
+    _records, stats = dataset_kind.build_export(state.db, dataset_id, gates, "longwriter")
+    return stats
