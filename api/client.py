@@ -1,0 +1,217 @@
+"""A small synchronous client for the Longform REST API (used by the `longform` CLI).
+
+Errors come back as two exceptions: `ApiUnreachable` (nothing answers at the URL) and
+`ApiError` (the server answered 4xx/5xx; `detail` is its message).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import httpx
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ApiUnreachable(Exception):
+    def __init__(self, url: str, reason: str = ""):
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach the Longform API at {url}: is `longform serve` running?")
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, detail: str):
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"{detail} (HTTP {status_code})")
+
+
+@dataclass
+class SseEvent:
+    id: str | None
+    event: str
+    data: Any  # parsed JSON when the data is JSON, else the raw string
+
+
+def _detail_of(response: httpx.Response) -> str:
+    """The server's error message: FastAPI's {"detail": ...} (a string or validation errors)."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:500] or response.reason_phrase or f"HTTP {response.status_code}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI request validation errors
+        parts = []
+        for err in detail:
+            if isinstance(err, dict):
+                loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+                parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+            else:
+                parts.append(str(err))
+        return "; ".join(parts)
+    if detail is not None:
+        return json.dumps(detail)
+    return json.dumps(body)[:500]
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
+    """Server-Sent Events from text lines (the W3C event-stream format; comments skipped)."""
+    event_id: str | None = None
+    event_type = ""
+    data_lines: list[str] = []
+    for line in lines:
+        if line == "":
+            if data_lines:
+                raw = "\n".join(data_lines)
+                try:
+                    data: Any = json.loads(raw)
+                except ValueError:
+                    data = raw
+                yield SseEvent(event_id, event_type or "message", data)
+            event_type, data_lines = "", []
+            continue
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data_lines.append(value)
+        elif name == "event":
+            event_type = value
+        elif name == "id":
+            event_id = value
+
+
+class LongformClient:
+    def __init__(self, base_url: str, api_key: str = "", timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "longform-cli"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "LongformClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing --------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiUnreachable(self.base_url, str(exc)) from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail_of(response))
+        return response
+
+    def _json(self, method: str, path: str, **kwargs) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # ---- jobs ------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Returns the job and whether it is new (202) rather than an earlier one with the same key (200)."""
+        body: dict[str, Any] = {"kind": kind, "params": params}
+        if priority is not None:
+            body["priority"] = priority
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._request("POST", "/v1/jobs", json=body, headers=headers)
+        return response.json(), response.status_code == 202
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        query = {"status": status, "kind": kind, "parent_id": parent_id, "limit": limit, "offset": offset}
+        return self._json("GET", "/v1/jobs", params={k: v for k, v in query.items() if v is not None})
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def retry_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{job_id}/retry")
+
+    def job_steps(self, job_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/jobs/{job_id}/steps")["items"]
+
+    def wait_job(self, job_id: str, *, timeout: float | None = None, max_interval: float = 2.0) -> dict[str, Any]:
+        """Poll until the job reaches a terminal status; the interval grows from 0.1 s to max_interval."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.1
+        while True:
+            job = self.get_job(job_id)
+            if job["status"] in TERMINAL_STATUSES:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+
+    def job_events(self, job_id: str, last_event_id: str | None = None, read_timeout: float = 60.0) -> Iterator[SseEvent]:
+        """One connection to the job's event stream; ends when the server closes it.
+
+        A read timeout (no event nor keep-alive for `read_timeout` s) raises httpx.ReadTimeout:
+        callers reconnect with the last event id.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(self._http.timeout.connect or 10.0, read=read_timeout)
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _detail_of(response))
+                yield from parse_sse(response.iter_lines())
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiUnreachable(self.base_url, str(exc)) from None
+
+    # ---- documents -------------------------------------------------------------------
+
+    def upload_document(self, content: bytes, *, name: str | None = None, strip_gutenberg: bool = False) -> tuple[dict[str, Any], bool]:
+        """Returns the document and whether it is new (201) rather than already stored (200)."""
+        query: dict[str, Any] = {}
+        if name:
+            query["name"] = name
+        if strip_gutenberg:
+            query["strip_gutenberg"] = "true"
+        response = self._request(
+            "POST",
+            "/v1/documents",
+            params=query,
+            content=content,
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+            timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=300.0, write=300.0),
+        )
+        return response.json(), response.status_code == 201
+
+    def get_document(self, document_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/documents/{document_id}")
