@@ -1,0 +1,285 @@
+"""LongBench-Write evaluation: load a prompt set, run it per method, report S_l / S_q.
+
+The CLI (`longform eval longbench-write`) calls, in order:
+    items = load_prompt_set(path)                      # {"prompt", "type", "length"} per line
+    report = await run_prompt_set(items, run_item, methods=("agentwrite", "single"))
+    print(render_table(report)); write_plot(report, "eval.png"); print(summary_line(report))
+where `run_item(item, method)` runs one write job (through the job system or directly) and
+returns its result dict (`agents.agentwrite.run`'s shape: "word_count" and "scores").
+
+Scoring rules: S_l per item from the job's word count against the item's annotated
+`length` (not the length parsed from the prompt); a failed item counts S_l = 0 (nothing
+was produced) and is counted as failed; S_q aggregates only items the judge scored (per
+dimension (mean - 1) * 25), with missing verdicts counted. Length bins follow the paper:
+[0,500), [500,2k), [2k,4k), [4k,20k] (longer requirements fall in the last bin).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any, Awaitable, Callable, Iterable
+
+from agents.metrics.longbench_write import QUALITY_DIMENSIONS, aggregate_quality, length_score, overall_score
+
+LENGTH_BINS: tuple[tuple[str, int, float], ...] = (
+    ("[0,500)", 0, 500),
+    ("[500,2k)", 500, 2000),
+    ("[2k,4k)", 2000, 4000),
+    ("[4k,20k]", 4000, math.inf),
+)
+DEFAULT_METHODS = ("agentwrite", "single")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    index: int  # position in the set (0-based)
+    prompt: str
+    type: str
+    length: int  # required length, words / 字
+
+
+class PromptSetError(ValueError):
+    """The prompt set file is malformed; the message lists every bad line by number."""
+
+
+def load_prompt_set(path: str | Path) -> list[EvalItem]:
+    """Read a LongBench-Write-format JSONL file. Any bad line fails the load (a benchmark
+    with silently missing prompts would be misleading), with every problem listed."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptSetError(f"{path}: not UTF-8 ({exc})") from exc
+    items: list[EvalItem] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError('"prompt" must be a non-empty string')
+            length = row.get("length")
+            if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+                raise ValueError('"length" must be a positive integer')
+            kind = row.get("type") or "unknown"
+            items.append(EvalItem(len(items), prompt, str(kind), length))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        raise PromptSetError(f"{path}: " + "; ".join(problems))
+    if not items:
+        raise PromptSetError(f"{path}: no prompts")
+    return items
+
+
+def length_bin(length: int) -> str:
+    for name, low, high in LENGTH_BINS:
+        if low <= length < high:
+            return name
+    return LENGTH_BINS[-1][0]
+
+
+def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One item's row. S_l is recomputed against the annotated length."""
+    words = int(result["word_count"])
+    scores = result.get("scores") or {}
+    quality = scores.get("quality") if scores.get("quality_status") == "scored" else None
+    return {
+        **asdict(item),
+        "method": method,
+        "word_count": words,
+        "S_l": length_score(words, item.length),
+        "quality": quality,
+        "quality_status": scores.get("quality_status", "not_configured"),
+        "error": None,
+    }
+
+
+def failed_outcome(item: EvalItem, method: str, error: str) -> dict[str, Any]:
+    return {**asdict(item), "method": method, "word_count": 0, "S_l": 0.0, "quality": None,
+            "quality_status": "failed", "error": error}
+
+
+def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    judged = [r for r in rows if r["quality_status"] in ("scored", "missing")]
+    quality = aggregate_quality(r["quality"] for r in judged)
+    s_l = fmean(r["S_l"] for r in rows) if rows else None
+    return {
+        "n": len(rows),
+        "failed": sum(1 for r in rows if r["error"] is not None),
+        "S_l": s_l,
+        "S_q": quality["S_q"],
+        "S": overall_score(s_l, quality["S_q"]),
+        "quality_dimensions": quality["dimensions"],
+        "judged": quality["scored"],
+        "missing": quality["missing"],
+        "mean_length_ratio": fmean(r["word_count"] / r["length"] for r in rows) if rows else None,
+    }
+
+
+def build_report(outcomes: Iterable[dict[str, Any]], methods: Iterable[str] | None = None) -> dict[str, Any]:
+    """{"methods": {method: {"overall", "by_length": {bin: ...}, "by_type": {type: ...}}},
+    "items": [rows]}; each summary has n, failed, S_l, S_q, S, judged, missing, ..."""
+    rows = sorted(outcomes, key=lambda r: (r["method"], r["index"]))
+    order = list(methods) if methods is not None else sorted({r["method"] for r in rows})
+    report: dict[str, Any] = {"bins": [b[0] for b in LENGTH_BINS], "methods": {}, "items": rows}
+    for method in order:
+        mine = [r for r in rows if r["method"] == method]
+        types = sorted({r["type"] for r in mine})
+        report["methods"][method] = {
+            "overall": _summarize(mine),
+            "by_length": {b: _summarize([r for r in mine if length_bin(r["length"]) == b]) for b, _, _ in LENGTH_BINS},
+            "by_type": {t: _summarize([r for r in mine if r["type"] == t]) for t in types},
+        }
+    return report
+
+
+async def run_prompt_set(
+    items: list[EvalItem],
+    run_item: Callable[[EvalItem, str], Awaitable[dict[str, Any]]],
+    methods: Iterable[str] = DEFAULT_METHODS,
+    *,
+    concurrency: int = 16,
+    on_outcome: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Run every item with every method (at most `concurrency` at once) and build the report.
+    An item whose run raises is recorded as failed (S_l 0); cancellation propagates."""
+    methods = list(methods)
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(item: EvalItem, method: str) -> dict[str, Any]:
+        async with limit:
+            try:
+                outcome = outcome_from_result(item, method, await run_item(item, method))
+            except Exception as exc:  # noqa: BLE001 - one failed item must not sink the evaluation
+                outcome = failed_outcome(item, method, f"{type(exc).__name__}: {exc}")
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
+    outcomes = await asyncio.gather(*(one(item, m) for m in methods for item in items))
+    return build_report(outcomes, methods)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """Plain-text tables: overall per method, S_l (and S_q) by length bin and by type."""
+    methods = list(report["methods"])
+    per = report["methods"]
+    judged = any(per[m]["overall"]["judged"] for m in methods)
+    out = []
+    header = ["method", "n", "failed", "S_l"] + (["S_q", "S", "judged", "missing"] if judged else []) + ["words/len"]
+    rows = []
+    for m in methods:
+        o = per[m]["overall"]
+        row = [m, str(o["n"]), str(o["failed"]), _fmt(o["S_l"])]
+        if judged:
+            row += [_fmt(o["S_q"]), _fmt(o["S"]), str(o["judged"]), str(o["missing"])]
+        row.append("-" if o["mean_length_ratio"] is None else f"{o['mean_length_ratio']:.2f}")
+        rows.append(row)
+    out.append("LongBench-Write: overall\n" + _table(header, rows))
+
+    metrics = ["S_l", "S_q"] if judged else ["S_l"]
+    for metric in metrics:
+        header = ["length bin", "n"] + methods
+        rows = [[b, str(per[methods[0]]["by_length"][b]["n"])] + [_fmt(per[m]["by_length"][b][metric]) for m in methods]
+                for b in report["bins"]]
+        out.append(f"{metric} by required length\n" + _table(header, rows))
+        types = sorted({t for m in methods for t in per[m]["by_type"]})
+        header = ["type", "n"] + methods
+        rows = [[t, str(max(per[m]["by_type"].get(t, {"n": 0})["n"] for m in methods))]
+                + [_fmt(per[m]["by_type"].get(t, {}).get(metric)) for m in methods] for t in types]
+        out.append(f"{metric} by type\n" + _table(header, rows))
+    return "\n\n".join(out)
+
+
+def summary(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Overall figures per method: {"agentwrite": {"S_l": .., "S_q": .., "S": ..}, ...}."""
+    out: dict[str, dict[str, float | None]] = {}
+    for method, parts in report["methods"].items():
+        o = parts["overall"]
+        figures = {"S_l": None if o["S_l"] is None else round(o["S_l"], 2)}
+        if o["judged"]:
+            figures["S_q"] = None if o["S_q"] is None else round(o["S_q"], 2)
+            figures["S"] = None if o["S"] is None else round(o["S"], 2)
+        out[method] = figures
+    return out
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The eval command's last line: one JSON object."""
+    return json.dumps(summary(report), ensure_ascii=False)
+
+
+def write_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars per method: S_l (and S_q when judged) overall and by length bin, and S_l
+    by type. The format follows the suffix: .png or .svg."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"plot file must end in .png or .svg, got {path.name!r}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe in worker threads
+    import matplotlib.pyplot as plt
+
+    methods = list(report["methods"])
+    per = report["methods"]
+    judged = any(per[m]["overall"]["judged"] for m in methods)
+    panels: list[tuple[str, list[str], Callable[[str, str], float | None]]] = []
+    bins = ["overall", *report["bins"]]
+
+    def by_bin(metric: str) -> Callable[[str, str], float | None]:
+        return lambda m, b: per[m]["overall"][metric] if b == "overall" else per[m]["by_length"][b][metric]
+
+    panels.append(("S_l by required length", bins, by_bin("S_l")))
+    if judged:
+        panels.append(("S_q by required length", bins, by_bin("S_q")))
+    types = sorted({t for m in methods for t in per[m]["by_type"]})
+    panels.append(("S_l by type", types, lambda m, t: per[m]["by_type"].get(t, {}).get("S_l")))
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(types) + 3), 3.6 * len(panels)))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    width = 0.8 / max(1, len(methods))
+    for ax, (title, groups, value) in zip(axes, panels):
+        for k, m in enumerate(methods):
+            xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+            ys = [value(m, g) or 0.0 for g in groups]
+            bars = ax.bar(xs, ys, width, label=m)
+            ax.bar_label(bars, labels=[_fmt(value(m, g)) for g in groups], fontsize=7, padding=1)
+        ax.set_title(title)
+        ax.set_ylim(0, 110)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g if len(g) <= 18 else g[:17] + "…" for g in groups], rotation=20 if len(groups) > 5 else 0,
+                           ha="right" if len(groups) > 5 else "center", fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=path.suffix[1:].lower())
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "EvalItem", "PromptSetError", "LENGTH_BINS", "DEFAULT_METHODS", "QUALITY_DIMENSIONS", "load_prompt_set",
+    "length_bin", "outcome_from_result", "failed_outcome", "build_report", "run_prompt_set", "render_table",
+    "summary", "summary_line", "write_plot",
+]
