@@ -114,12 +114,27 @@ def _en_cut(rng: random.Random, tokens: list[str], n: int) -> list[str]:
     """The first n words of a sentence, ended so it does not trail off on 'the' or 'of'."""
     if n == 1:
         return [rng.choice(_ONE_WORD), "."]
-    kept = [t for t in tokens if t not in (",", ".", "?")][:n]
-    while kept and kept[-1].lower() in _FUNCTION_WORDS and len(kept) > 1:
-        kept[-1] = rng.choice(W.EN["nouns"])
-        if kept[-2].lower() in ("a", "an", "each", "this", "that"):
-            kept[-2] = "the"
-        break
+    kept, words = [], 0
+    for t in tokens:
+        if t in (",", ".", "?"):
+            kept.append(t)
+            continue
+        if words == n:
+            break
+        kept.append(t)
+        words += 1
+    while kept[-1] in (",", ".", "?"):
+        kept.pop()
+    if kept[-1].lower() in _FUNCTION_WORDS:
+        # Only the last word changes, so a shorter text stays a prefix of a longer one.
+        prev = kept[-2].lower() if len(kept) > 1 else ""
+        if prev in ("a", "an"):
+            nouns = [w for w in W.EN["noun"] if bool(_VOWEL_START.match(w)) == (prev == "an")]
+            kept[-1] = rng.choice(nouns)
+        elif prev in ("each", "this", "that"):
+            kept[-1] = rng.choice(W.EN["noun"])
+        else:
+            kept[-1] = rng.choice(W.EN["nouns"])
     return kept + ["."]
 
 
