@@ -305,7 +305,7 @@ def follow_job(client: LongformClient, job_id: str, console: Console | None = No
                             if status in TERMINAL_STATUSES:
                                 break
                         elif event.event == "log":
-                            bar.console.print(f"[dim]{data.get('message', event.data)}[/dim]")
+                            bar.console.print(str(data.get("message", event.data)), style="dim", markup=False)
             except (ApiUnreachable, httpx.TransportError):
                 failures += 1
                 if failures > MAX_STREAM_FAILURES:
@@ -339,17 +339,21 @@ def finish_with(ctx: click.Context, job: dict[str, Any]) -> None:
         ctx.exit(1)
 
 
+def announce(job: dict[str, Any], new: bool) -> None:
+    existing = "" if new else " (the existing job for this idempotency key)"
+    note(f"{job['kind']} job {job['id']}: {job['status']}{existing}")
+
+
 def submit_and_follow(
     ctx: click.Context, kind: str, params: dict[str, Any], *, watch: bool = True, **submit_kwargs
 ) -> dict[str, Any] | None:
     """Submit a job; with watch, follow it to the end and return the final job (None otherwise)."""
     client = make_client(ctx)
     job, new = client.submit_job(kind, params, **submit_kwargs)
+    announce(job, new)
     if not watch:
         click.echo(job["id"])
-        note(f"{kind} job {job['id']}: {job['status']}{'' if new else ' (existing job for this idempotency key)'}")
         return None
-    note(f"{kind} job {job['id']} {'submitted' if new else 'already exists'} (follow again with `longform watch {job['id']}`)")
     try:
         final = follow_job(client, job["id"])
     except KeyboardInterrupt:
@@ -564,7 +568,7 @@ def submit(ctx, kind, params_json, params_file, pairs, priority, idempotency_key
     client = make_client(ctx)
     job, new = client.submit_job(kind, params, priority=priority, idempotency_key=idempotency_key)
     click.echo(job["id"])
-    note(f"{kind} job {job['id']}: {job['status']}{'' if new else ' (existing job for this idempotency key)'}")
+    announce(job, new)
     if not (wait or watch):
         return
     try:
@@ -724,11 +728,11 @@ def read_utf8(path: str) -> bytes:
 
 
 def upload_file(client: LongformClient, path: str, name: str | None, strip_gutenberg: bool) -> dict[str, Any]:
+    """Upload a UTF-8 file and say so on stderr; returns the document."""
     document, new = client.upload_document(read_utf8(path), name=name or Path(path).name, strip_gutenberg=strip_gutenberg)
-    note = "uploaded" if new else "already stored"
-    stripped = ", Gutenberg header/footer stripped" if document.get("gutenberg_stripped") else ""
-    note(
-        f"document {document['id']} {note}: {document['words']} words, {document['tokens']} tokens{stripped}")
+    stored = "uploaded" if new else "already stored"
+    stripped = ", Project Gutenberg header and licence removed" if document.get("gutenberg_stripped") else ""
+    note(f"document {document['id']} {stored}: {document['words']} words, {document['tokens']} tokens{stripped}")
     return document
 
 
@@ -739,8 +743,7 @@ def upload_file(client: LongformClient, path: str, name: str | None, strip_guten
 @click.pass_context
 def upload(ctx, file, name, strip_gutenberg) -> None:
     """Upload a UTF-8 text document; prints its id, words and tokens."""
-    client = make_client(ctx)
-    document, _ = client.upload_document(read_utf8(file), name=name or Path(file).name, strip_gutenberg=strip_gutenberg)
+    document = upload_file(make_client(ctx), file, name, strip_gutenberg)
     click.echo(f"{document['id']}\t{document['words']} words\t{document['tokens']} tokens")
 
 
@@ -776,6 +779,11 @@ def summarize(ctx, source, method, chunk_size, words, strip_gutenberg, score, no
     if final["status"] == "succeeded":
         echo_result(final)
         print_scores(final)
+        coherence = (final.get("result") or {}).get("booookscore")
+        if isinstance(coherence, dict) and coherence.get("skipped"):
+            note(f"BooookScore skipped: {coherence['skipped']}")
+        elif isinstance(coherence, dict):
+            print_booookscore(coherence, err=True)
     finish_with(ctx, final)
 
 
@@ -801,25 +809,28 @@ def booookscore(ctx, target, mode, batch_size) -> None:
     finish_with(ctx, final)
 
 
-def print_booookscore(result: dict[str, Any]) -> None:
+def print_booookscore(result: dict[str, Any], err: bool = False) -> None:
     """The score, then each flagged sentence with its error types and the judge's questions."""
+
+    def say(line: str) -> None:
+        click.echo(line, err=err)
+
     sentences = result.get("sentences") or result.get("annotations") or []
     flagged = [s for s in sentences if isinstance(s, dict) and (s.get("types") or s.get("questions"))]
     line = f"BooookScore: {format_score(result.get('score'))}"
     if sentences:
         line += f" ({len(flagged)} of {len(sentences)} sentences flagged)"
-    click.echo(line)
+    say(line)
     for item in flagged:
         types = item.get("types") or []
         label = ", ".join(types) if isinstance(types, list) else str(types)
-        click.echo(f"- [{label or 'unlabelled'}] {item.get('sentence', '')}")
+        say(f"- [{label or 'unlabelled'}] {item.get('sentence', '')}")
         questions = item.get("questions")
-        if questions:
-            for question in questions if isinstance(questions, list) else [questions]:
-                click.echo(f"    ? {question}")
+        for question in (questions if isinstance(questions, list) else [questions]) if questions else []:
+            say(f"    ? {question}")
     histogram = result.get("type_counts") or result.get("histogram")
     if isinstance(histogram, dict) and histogram:
-        click.echo("types: " + ", ".join(f"{k}={v}" for k, v in sorted(histogram.items(), key=lambda kv: -kv[1])))
+        say("types: " + ", ".join(f"{k}={v}" for k, v in sorted(histogram.items(), key=lambda kv: -kv[1])))
 
 
 @cli.command()

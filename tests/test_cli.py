@@ -406,3 +406,40 @@ def test_fake_llm_is_a_subcommand():
     assert "fake-llm" in listed.stdout
     help_text = run(["fake-llm", "--help"])
     assert help_text.exit_code == 0 and "--max-num-seqs" in help_text.stdout
+
+
+def a_short_book(path) -> str:
+    """About 2,000 words in 30 paragraphs: several chunks at chunk size 256."""
+    names = ["Anne", "Bertram", "Clara", "Dmitri", "Elise", "Farid"]
+    places = ["the mill", "the harbour", "the old library", "the orchard", "the station"]
+    paragraphs = []
+    for p in range(30):
+        sentences = [
+            f"In chapter {p + 1}, {names[p % 6]} walked to {places[p % 5]} before the sun rose over the valley.",
+            f"{names[(p + 1) % 6]} had promised to bring the letters, yet the road was flooded after the storm.",
+            f"They argued about the debt their families owed, and about who would speak first at the meeting.",
+            f"By evening {names[(p + 2) % 6]} understood that the secret of {places[(p + 3) % 5]} could not stay hidden.",
+            "Nobody slept well that night, and the dogs barked at every passing cart.",
+        ]
+        paragraphs.append(" ".join(sentences))
+    path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_summarize_uploads_a_file_and_prints_the_summary(api_url, tmp_path):
+    book = a_short_book(tmp_path / "book.txt")
+    result = run(["summarize", book, "--chunk-size", "256", "--words", "120"], LONGFORM_URL=api_url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+    assert "document " in result.stderr and " uploaded: " in result.stderr
+    assert "summarize job " in result.stderr and " succeeded" in result.stderr
+
+    job_id = result.stderr.split("summarize job ", 1)[1].split(":", 1)[0]
+    summary = json.loads(run(["result", job_id, "--json"], LONGFORM_URL=api_url).stdout)
+    assert summary["chunks"] >= 3 and summary["summary"].strip() == result.stdout.strip()
+
+    doc_id = result.stderr.split("document ", 1)[1].split(" ", 1)[0]
+    queued = run(["summarize", f"doc:{doc_id}", "--method", "incremental", "--no-watch"], LONGFORM_URL=api_url)
+    assert queued.exit_code == 0, queued.output
+    job = json.loads(run(["status", queued.stdout.strip(), "--json"], LONGFORM_URL=api_url).stdout)
+    assert job["params"]["document_id"] == doc_id and job["params"]["method"] == "incremental"
