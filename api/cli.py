@@ -25,6 +25,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from agents.settings import Settings
 from api.client import TERMINAL_STATUSES, ApiError, ApiUnreachable, LongformClient
@@ -99,6 +100,11 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def plain(*values: Any) -> list[Text]:
+    """Table cells shown as they are (a step error like "[Errno 111]" is not rich markup)."""
+    return [Text(str(value)) for value in values]
 
 
 def note(message: str) -> None:
@@ -279,7 +285,7 @@ def follow_job(client: LongformClient, job_id: str, console: Console | None = No
         MofNCompleteColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
     ]
     status = job["status"]
     detail = job.get("progress_detail") if isinstance(job.get("progress_detail"), dict) else {}
@@ -525,10 +531,10 @@ def keys_list() -> None:
     table = Table("id", "name", "prefix", "admin", "created", "last used", "revoked")
     with local_session() as session:
         for row in repo.list_api_keys(session):
-            table.add_row(
+            table.add_row(*plain(
                 row.id, row.name, row.prefix, "yes" if row.is_admin else "",
                 _db_time(row.created_at), _db_time(row.last_used_at), _db_time(row.revoked_at) if row.revoked_at else "",
-            )
+            ))
     stdout_console().print(table)
 
 
@@ -598,7 +604,7 @@ def jobs(ctx, status, kind, parent_id, limit, offset, as_json) -> None:
         return
     table = Table("id", "kind", "status", "progress", "created", "tokens", caption=_page_caption(page))
     for job in page["items"]:
-        table.add_row(job["id"], job["kind"], job["status"], progress_text(job), short_time(job.get("created_at")), usage_tokens(job))
+        table.add_row(*plain(job["id"], job["kind"], job["status"], progress_text(job), short_time(job.get("created_at")), usage_tokens(job)))
     stdout_console().print(table)
 
 
@@ -691,7 +697,7 @@ def steps(ctx, job_id, as_json) -> None:
         tokens = f"{step.get('prompt_tokens', 0)}/{step.get('completion_tokens', 0)}"
         latency = f"{step['latency_s']:.2f} s" if step.get("latency_s") is not None else "-"
         key = step["key"] + (f" ({step['error']})" if step.get("error") else "")
-        table.add_row(key, step["status"], str(step.get("attempt", "")), tokens, latency, step.get("model") or "-")
+        table.add_row(*plain(key, step["status"], step.get("attempt", ""), tokens, latency, step.get("model") or "-"))
     stdout_console().print(table)
 
 
