@@ -47,6 +47,7 @@ class Settings:
     job_lease_seconds: float = 60.0  # a running job whose heartbeat is older is taken over
     job_slice_seconds: float = 1800.0  # a Celery task runs a job this long, then re-queues it
     broker_visibility_timeout: int = 7200
+    worker_metrics_port: int = 0  # Celery workers serve Prometheus metrics here when set
 
     def __post_init__(self) -> None:
         if not self.database_url:

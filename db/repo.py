@@ -138,14 +138,15 @@ def requeue_for_retry(session: Session, job: Job) -> None:
     add_event(session, job.id, "status", {"status": "queued", "retry": True})
 
 
-def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
+def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> tuple[str, dict, int] | None:
     """Take a job to run: a queued one, or a running one whose worker stopped heartbeating.
 
-    Atomic (one UPDATE), so a task delivered twice runs the job once.
+    Atomic (one UPDATE), so a task delivered twice runs the job once. Returns the job's
+    (kind, params, priority), or None when it is not ours to run.
     """
     now = utcnow()
     stale = now - timedelta(seconds=lease_s)
-    claimed = session.execute(
+    row = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
@@ -153,14 +154,13 @@ def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> Job
             or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)),
         )
         .values(status="running", worker=worker, heartbeat_at=now, runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
+        .returning(Job.kind, Job.params, Job.priority, Job.runs)
         .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
+    ).first()
+    if row is None:
         return None
-    job = session.get(Job, job_id)
-    session.refresh(job)
-    add_event(session, job.id, "status", {"status": "running", "run": job.runs})
-    return job
+    add_event(session, job_id, "status", {"status": "running", "run": row.runs})
+    return row.kind, row.params, row.priority
 
 
 def heartbeat(session: Session, job_id: str, worker: str) -> bool:
@@ -188,26 +188,31 @@ def set_progress(session: Session, job_id: str, progress: float, detail: dict[st
 def finish_job(
     session: Session, job_id: str, worker: str | None, status: str, *, result: Any = None, error: str | None = None
 ) -> bool:
-    """Record the outcome, only if this worker still holds the job."""
-    job = session.get(Job, job_id)
-    if job is None or job.status != "running" or (worker is not None and job.worker != worker):
+    """Record the outcome, only if this worker still holds the job (one UPDATE)."""
+    conditions = [Job.id == job_id, Job.status == "running"]
+    if worker is not None:
+        conditions.append(Job.worker == worker)
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if result is not None:
+        values["result"] = result
+    if status == "succeeded":
+        values["progress"] = 1.0
+    done = session.execute(update(Job).where(*conditions).values(**values).execution_options(synchronize_session=False))
+    if done.rowcount != 1:
         return False
-    _set_finished(session, job, status, result=result, error=error)
+    add_event(session, job_id, "status", _status_event(status, error))
     return True
 
 
-def _set_finished(session: Session, job: Job, status: str, *, result: Any = None, error: str | None = None) -> None:
+def _set_finished(session: Session, job: Job, status: str, *, error: str | None = None) -> None:
     job.status = status
     job.finished_at = utcnow()
     job.error = error
-    if result is not None:
-        job.result = result
-    if status == "succeeded":
-        job.progress = 1.0
-    event = {"status": status}
-    if error:
-        event["error"] = error
-    add_event(session, job.id, "status", event)
+    add_event(session, job.id, "status", _status_event(status, error))
+
+
+def _status_event(status: str, error: str | None) -> dict[str, Any]:
+    return {"status": status, "error": error} if error else {"status": status}
 
 
 def release_job(session: Session, job_id: str, worker: str) -> None:
@@ -264,12 +269,15 @@ def list_steps(session: Session, job_id: str) -> list[Step]:
 
 
 def step_started(session: Session, job_id: str, key: str) -> None:
-    step = session.scalar(select(Step).where(Step.job_id == job_id, Step.key == key))
-    if step is None:
+    """Mark a step running: a new row, or the next attempt of one that failed or was cut off."""
+    updated = session.execute(
+        update(Step)
+        .where(Step.job_id == job_id, Step.key == key)
+        .values(status="running", attempt=Step.attempt + 1, error=None, started_at=utcnow(), finished_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if updated.rowcount == 0:
         session.add(Step(job_id=job_id, key=key, status="running"))
-    else:
-        step.status, step.attempt, step.error = "running", step.attempt + 1, None
-        step.started_at, step.finished_at = utcnow(), None
 
 
 def step_ended(session: Session, job_id: str, key: str, status: str, values: dict[str, Any]) -> None:

@@ -53,8 +53,10 @@ def test_a_job_is_claimed_once_and_taken_over_after_its_lease_runs_out(database_
         assert repo.claim_job(s, job_id, "w2", lease_s=60) is None  # w1 holds a fresh lease
     time.sleep(0.3)
     with db.session() as s:
-        job = repo.claim_job(s, job_id, "w2", lease_s=0.1)  # w1 stopped heartbeating
-        assert job is not None and job.worker == "w2" and job.runs == 2
+        assert repo.claim_job(s, job_id, "w2", lease_s=0.1) is not None  # w1 stopped heartbeating
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job.worker == "w2" and job.runs == 2
     with db.session() as s:
         assert repo.heartbeat(s, job_id, "w1") is True  # w1 lost the job: it must stop
 
@@ -127,7 +129,11 @@ async def test_a_second_delivery_of_a_running_job_is_skipped(database_url):
     runtime = runtime_for(database_url, CountingLLM(delay_s=0.1))
     job_id = make_job(db, {"steps": 5})
     first = asyncio.create_task(runtime.run_job(job_id))
-    await asyncio.sleep(0.2)
+    for _ in range(200):  # until the first delivery holds the job
+        await asyncio.sleep(0.02)
+        with db.session() as s:
+            if repo.get_job(s, job_id).status == "running":
+                break
     assert await runtime_for(database_url).run_job(job_id) == SKIPPED
     assert await first == "succeeded"
 

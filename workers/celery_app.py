@@ -16,7 +16,7 @@ import threading
 import time
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_ready
 
 from agents.settings import Settings
 from db import repo
@@ -118,9 +118,13 @@ def _on_worker_ready(**_kwargs) -> None:
     if count:
         log.info("re-queued %d unfinished jobs", count)
     threading.Thread(target=_sweeper, name="longform-sweeper", daemon=True).start()
+    _serve_metrics()
 
 
-@worker_process_init.connect
-def _on_process_init(**_kwargs) -> None:
-    loop_thread()
+def _serve_metrics() -> None:
+    """LLM pool and checkpoint metrics of this worker process, for Prometheus to scrape."""
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0")
 

@@ -79,7 +79,7 @@ class WorkerRuntime:
     async def run_job(self, job_id: str, *, time_slice_s: float | None = None) -> str:
         """Run a job to an end, or until its time slice is over. Returns the outcome."""
         lease = self.settings.job_lease_seconds
-        claimed = await self._db(self._claim, job_id, lease)
+        claimed = await self._db(repo.claim_job, job_id, self.worker_id, lease)
         if claimed is None:
             return SKIPPED
         kind_name, params_json, priority = claimed
@@ -126,12 +126,6 @@ class WorkerRuntime:
             await self._db(repo.release_job, job_id, self.worker_id)
             return RELEASED
         return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
-
-    def _claim(self, session, job_id: str, lease: float):
-        job = repo.claim_job(session, job_id, self.worker_id, lease)
-        if job is None:
-            return None
-        return job.kind, job.params, job.priority
 
     async def _keep_lease(self, job_id: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> None:
         interval = max(0.2, min(1.0, self.settings.job_lease_seconds / 4))

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+from prometheus_client import Histogram
 
 from agents.context import StepUsage
 from db import repo
@@ -23,14 +26,24 @@ def _usage_columns(usage: StepUsage) -> dict[str, Any]:
     }
 
 
+CHECKPOINT_SECONDS = Histogram(
+    "longform_step_checkpoint_seconds",
+    "Time to write a step checkpoint to the database (start: the running row; finish: the output)",
+    ["phase"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+)
+
+
 class DbStepStore:
     def __init__(self, db: Database, job_id: str):
         self.db = db
         self.job_id = job_id
 
-    def _write(self, fn, *args) -> None:
+    def _write(self, phase: str, fn, *args) -> None:
+        start = time.perf_counter()
         with self.db.session() as session:
             fn(session, self.job_id, *args)
+        CHECKPOINT_SECONDS.labels(phase).observe(time.perf_counter() - start)
 
     async def succeeded(self) -> dict[str, Any]:
         def load() -> dict[str, Any]:
@@ -40,15 +53,15 @@ class DbStepStore:
         return await asyncio.to_thread(load)
 
     async def started(self, key: str) -> None:
-        await asyncio.to_thread(self._write, repo.step_started, key)
+        await asyncio.to_thread(self._write, "start", repo.step_started, key)
 
     async def finished(self, key: str, output: Any, usage: StepUsage) -> None:
         values = {"output": output, **_usage_columns(usage)}
-        await asyncio.to_thread(self._write, repo.step_ended, key, "succeeded", values)
+        await asyncio.to_thread(self._write, "finish", repo.step_ended, key, "succeeded", values)
 
     async def failed(self, key: str, error: str, usage: StepUsage) -> None:
         values = {"error": error[:4000], **_usage_columns(usage)}
-        await asyncio.to_thread(self._write, repo.step_ended, key, "failed", values)
+        await asyncio.to_thread(self._write, "finish", repo.step_ended, key, "failed", values)
 
 
 class DbEventSink:
