@@ -176,7 +176,7 @@ def usage_line(usage: dict[str, Any] | None) -> str:
         f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"
     )
     if usage.get("cached_tokens"):
-        line += f" ({usage['cached_tokens']} cached)"
+        line += f", {usage['cached_tokens']} cached"
     return line
 
 

@@ -443,3 +443,28 @@ def test_summarize_uploads_a_file_and_prints_the_summary(api_url, tmp_path):
     assert queued.exit_code == 0, queued.output
     job = json.loads(run(["status", queued.stdout.strip(), "--json"], LONGFORM_URL=api_url).stdout)
     assert job["params"]["document_id"] == doc_id and job["params"]["method"] == "incremental"
+
+
+def test_booookscore_scores_a_summary_file_and_a_summarize_job(tmp_path, fake_llm):
+    pytest.importorskip("agents.booookscore", reason="the booookscore kind is not in this tree yet")
+    settings = Settings(
+        longform_data_dir=str(tmp_path), database_url=sqlite_url(tmp_path), llm_endpoints=fake_llm.base_url,
+        judge_endpoints=fake_llm.base_url,
+    )
+    summary = tmp_path / "summary.txt"
+    summary.write_text(
+        "Anne leaves the mill at dawn. She meets Bertram, who lost the letters. "
+        "The families quarrel over an old debt. In the end the secret of the library comes out.\n",
+        encoding="utf-8",
+    )
+    with running_api(settings) as url:
+        from_file = run(["booookscore", str(summary), "--mode", "batched"], LONGFORM_URL=url)
+        assert from_file.exit_code == 0, from_file.output
+        assert from_file.stdout.startswith("BooookScore: ")
+
+        book = a_short_book(tmp_path / "book.txt")
+        summarized = run(["summarize", book, "--chunk-size", "256", "--words", "80"], LONGFORM_URL=url)
+        job_id = summarized.stderr.split("summarize job ", 1)[1].split(":", 1)[0]
+        from_job = run(["booookscore", job_id], LONGFORM_URL=url)
+        assert from_job.exit_code == 0, from_job.output
+        assert from_job.stdout.startswith("BooookScore: ")
