@@ -50,14 +50,17 @@ SINGLE_MAX_TOKENS = 32768  # the single baseline asks for as much as the context
 TOKENS_PER_UNIT = {"en": 1.5, "zh": 2.0}
 MAX_TOKENS_HEADROOM = 1.5
 MIN_OUTPUT_TOKENS = 128
+PRIOR_FRAME_TOKENS = 64  # the lines around the text so far that the base prompt lacks
 
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 UNIT_NAMES = {"en": "words", "zh": "Chinese characters (字)"}
 UNIT_SHORT = {"en": "words", "zh": "字"}
 
-PLAN_TEMPLATE = "agentwrite/plan.j2"
-SECTION_TEMPLATE = "agentwrite/section.j2"
-SINGLE_TEMPLATE = "agentwrite/single.j2"
+# Chinese pieces get Chinese prompts: models follow the prompt's language more reliably.
+TEMPLATES = {
+    "en": {"plan": "agentwrite/plan.j2", "section": "agentwrite/section.j2", "single": "agentwrite/single.j2"},
+    "zh": {"plan": "agentwrite/plan_zh.j2", "section": "agentwrite/section_zh.j2", "single": "agentwrite/single_zh.j2"},
+}
 
 PLAN_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -297,7 +300,7 @@ async def make_plan(ctx: JobContext, params: WriteParams, target: int, language:
         from agents.llm.structured import chat_json
 
         prompt = ctx.render(
-            PLAN_TEMPLATE,
+            TEMPLATES[language]["plan"],
             instruction=params.instruction,
             target_words=target,
             language=language,
@@ -395,38 +398,48 @@ def _section_tokens(words: int, language: str, cap: int) -> int:
     return min(cap, math.ceil(words * TOKENS_PER_UNIT[language] * MAX_TOKENS_HEADROOM) + 32)
 
 
-def _section_range(first: int, last: int) -> str:
-    return f"section {first}" if first == last else f"sections {first}-{last}"
+@dataclasses.dataclass(frozen=True)
+class PriorText:
+    """The text so far as a prompt shows it: `omitted` leading sections left out, or only
+    the end of the last section (`partial`), when the whole does not fit."""
+
+    text: str
+    omitted: int = 0
+    partial: bool = False
+
+    @property
+    def compacted(self) -> bool:
+        return bool(self.omitted or self.partial)
 
 
-async def _fit_prior(ctx: JobContext, texts: list[str], budget_tokens: int) -> tuple[str, str]:
-    """The text written so far, within `budget_tokens`: everything when it fits; otherwise
-    the most recent sections verbatim (or the final paragraphs of the last one when even it
-    is too long), with a note saying what is left out. Deterministic."""
-    full = "\n\n".join(texts)
-    if not full or await ctx.llm.count_tokens(full) <= budget_tokens:
-        return full, ""
-    n, used, shown = len(texts), 0, 0
-    for text in reversed(texts):
-        tokens = await ctx.llm.count_tokens(text) + 2
-        if used + tokens > budget_tokens:
+async def fit_prior(ctx: JobContext, previous: list[dict[str, Any]], budget_tokens: int) -> PriorText:
+    """The most recent sections that fit in `budget_tokens` (all of them when they fit; the
+    final paragraphs of the last one when not even it fits). Uses the token counts stored
+    with each section, so it is deterministic and costs no extra calls on replay."""
+    joins = 2 * max(0, len(previous) - 1)
+    if sum(p["tokens"] for p in previous) + joins <= budget_tokens:
+        return PriorText("\n\n".join(p["text"] for p in previous))
+    used, fits = 0, 0
+    for p in reversed(previous):
+        if used + p["tokens"] + 2 > budget_tokens:
             break
-        used += tokens
-        shown += 1
-    if shown:
-        note = (f"{_section_range(1, n - shown)} are written as planned and not repeated here; "
-                f"{_section_range(n - shown + 1, n)} follow")
-        return "\n\n".join(texts[-shown:]), note
+        used += p["tokens"] + 2
+        fits += 1
+    if fits:
+        # Leave sections out in blocks, so that the start of the shown text stays the same
+        # for several sections in a row and the server's prefix cache keeps hitting.
+        block = max(1, fits // 2)
+        omitted = min(len(previous) - 1, math.ceil((len(previous) - fits) / block) * block)
+        return PriorText("\n\n".join(p["text"] for p in previous[omitted:]), omitted=omitted)
+    used = 0
     tail: list[str] = []
-    for paragraph in reversed(split_paragraphs(texts[-1])):
+    for paragraph in reversed(split_paragraphs(previous[-1]["text"])):
         tokens = await ctx.llm.count_tokens(paragraph) + 2
         if used + tokens > budget_tokens:
             break
         tail.insert(0, paragraph)
         used += tokens
-    if tail:
-        return "\n\n".join(tail), f"{_section_range(1, n)} are written as planned; only the end of section {n} is shown"
-    return "", f"{_section_range(1, n)} are written as planned; they are not shown here for lack of room"
+    return PriorText("\n\n".join(tail), omitted=len(previous), partial=bool(tail))
 
 
 async def write_section(
@@ -434,10 +447,12 @@ async def write_section(
     params: WriteParams,
     plan: list[dict[str, Any]],
     index: int,
-    previous: list[str],
+    previous: list[dict[str, Any]],
     language: str,
 ) -> dict[str, Any]:
-    """Write section `index` (1-based) given the previous sections' texts. Runs inside its step."""
+    """Write section `index` (1-based) after the `previous` section outputs. Runs inside its
+    step: a short or cut-off section is continued with further calls (bounded), one far
+    over budget is trimmed at a paragraph boundary."""
     section = plan[index - 1]
     budget = int(section["words"])
     cap = params.max_tokens_per_call or DEFAULT_MAX_TOKENS_PER_CALL
@@ -445,18 +460,18 @@ async def write_section(
     window = ctx.llm.context_window
     text, finish, calls, compacted = "", "", 0, False
 
-    def render(prior_text: str, prior_note: str, more_words: int) -> list[dict[str, str]]:
+    def render(prior: PriorText, more_words: int) -> list[dict[str, str]]:
         prompt = ctx.render(
-            SECTION_TEMPLATE,
+            TEMPLATES[language]["section"],
             instruction=params.instruction,
             sections=plan,
             section=section,
             index=index,
-            prior_text=prior_text,
-            prior_note=prior_note,
+            prior_text=prior.text,
+            omitted=prior.omitted,
+            partial=prior.partial,
             continuation=text,
             more_words=more_words,
-            language=language,
             language_name=LANGUAGE_NAMES[language],
             unit_short=UNIT_SHORT[language],
         )
@@ -465,20 +480,18 @@ async def write_section(
     while calls < max_calls:
         more = budget - count_words(text)
         wanted = _section_tokens(more, language, cap)
-        base_tokens = await count_message_tokens(ctx.llm, render("", "", more))
-        room_for_prior = output_room(window, base_tokens) - wanted
+        # The prompt without the text so far; whatever room is left holds as much of it as fits.
+        base_tokens = await count_message_tokens(ctx.llm, render(PriorText("", omitted=index - 1), more))
+        room_for_prior = output_room(window, base_tokens) - wanted - PRIOR_FRAME_TOKENS
         if room_for_prior < 0:  # even without the text so far: shrink the output instead
-            wanted = output_room(window, base_tokens)
-            room_for_prior = 0
+            wanted, room_for_prior = output_room(window, base_tokens) - PRIOR_FRAME_TOKENS, 0
             if wanted < MIN_OUTPUT_TOKENS:
                 raise LLMBadRequest(
                     f"section {index}: the instruction and plan leave no room in the model's {window}-token context"
                 )
-        prior_text, prior_note = await _fit_prior(ctx, previous, room_for_prior)
-        compacted = compacted or bool(prior_note)
-        messages = render(prior_text, prior_note, more)
-        options = _options(params, params.write_model, wanted)
-        result = await ctx.llm.chat(messages, options)
+        prior = await fit_prior(ctx, previous, room_for_prior)
+        compacted = compacted or prior.compacted
+        result = await ctx.llm.chat(render(prior, more), _options(params, params.write_model, wanted))
         calls += 1
         piece = result.text.strip()
         if not text:
@@ -507,6 +520,7 @@ async def write_section(
         "target_words": budget,
         "text": text,
         "words": count_words(text),
+        "tokens": await ctx.llm.count_tokens(text),  # for fitting later prompts, without recounting
         "calls": calls,
         "finish_reason": finish,
         "truncated": finish == "length",
@@ -520,7 +534,7 @@ async def write_single(ctx: JobContext, params: WriteParams, target: int, langua
 
     async def call() -> dict[str, Any]:
         prompt = ctx.render(
-            SINGLE_TEMPLATE,
+            TEMPLATES[language]["single"],
             instruction=params.instruction,
             target_words=target,
             language_name=LANGUAGE_NAMES[language],
@@ -541,6 +555,7 @@ async def write_single(ctx: JobContext, params: WriteParams, target: int, langua
             "text": text,
             "words": count_words(text),
             "calls": 1,
+            "tokens": result.completion_tokens,
             "finish_reason": result.finish_reason,
             "truncated": result.truncated,
             "trimmed": False,
@@ -585,7 +600,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         outputs = []
         written = 0
         for i in range(1, len(plan) + 1):
-            previous = [o["text"] for o in outputs]
+            previous = list(outputs)
             output = await ctx.step(
                 f"section/{i}", lambda i=i, previous=previous: write_section(ctx, params, plan, i, previous, language)
             )
@@ -621,6 +636,6 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         "plan": plan,
         "plan_repairs": repairs,
         "truncated": any(o["truncated"] for o in outputs),
-        "sections": [{k: v for k, v in o.items() if k != "text"} for o in outputs],
+        "sections": [{k: v for k, v in o.items() if k not in ("text", "tokens")} for o in outputs],
         "scores": scores,
     }

@@ -169,6 +169,30 @@ async def run_prompt_set(
     return build_report(outcomes, methods)
 
 
+def local_runner(
+    llm,
+    *,
+    judge=None,
+    settings: Any = None,
+    write_params: dict[str, Any] | None = None,
+) -> Callable[[EvalItem, str], Awaitable[dict[str, Any]]]:
+    """A `run_item` that runs write jobs in this process with in-memory steps (tests,
+    notebooks, an offline CLI). Each item gets target_words = its annotated length; the
+    shared `write_params` (temperature, models, judge, ...) apply to every item."""
+    from agents import agentwrite
+    from agents.context import JobContext, MemoryStepStore
+
+    async def run_item(item: EvalItem, method: str) -> dict[str, Any]:
+        params = agentwrite.WriteParams(
+            **{**(write_params or {}), "instruction": item.prompt, "target_words": item.length, "method": method}
+        )
+        ctx = JobContext(llm, store=MemoryStepStore(), settings=settings, judge=judge,
+                         job_id=f"eval-{method}-{item.index}")
+        return await agentwrite.run(ctx, params)
+
+    return run_item
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -280,6 +304,6 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
 
 __all__ = [
     "EvalItem", "PromptSetError", "LENGTH_BINS", "DEFAULT_METHODS", "QUALITY_DIMENSIONS", "load_prompt_set",
-    "length_bin", "outcome_from_result", "failed_outcome", "build_report", "run_prompt_set", "render_table",
+    "length_bin", "local_runner", "outcome_from_result", "failed_outcome", "build_report", "run_prompt_set", "render_table",
     "summary", "summary_line", "write_plot",
 ]
