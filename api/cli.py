@@ -779,6 +779,8 @@ def summarize(ctx, source, method, chunk_size, words, strip_gutenberg, score, no
         params["chunk_size"] = chunk_size
     if words:
         params["target_words"] = words
+    if strip_gutenberg and source.startswith("doc:"):  # a stored document is stripped when the job runs
+        params["strip_gutenberg"] = True
     final = submit_and_follow(ctx, "summarize", params, watch=not no_watch)
     if final is None:
         return
