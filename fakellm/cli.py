@@ -61,8 +61,4 @@ def fake_llm(host: str, port: int, port_file: str | None, **options) -> None:
         cfg = config_from_options(options)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if not port_file:
-        timing = (f"timing on: {cfg.max_num_seqs} seqs, {cfg.decode_s_per_token * 1000:g} ms/token"
-                  if cfg.timing else "no latency")
-        click.echo(f"fake-llm serving {cfg.model!r} on http://{host}:{port}/v1 ({timing})", err=True)
-    serve(cfg, host=host, port=port, port_file=port_file)
+    serve(cfg, host=host, port=port, port_file=port_file, announce=not port_file)

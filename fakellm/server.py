@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 from fakellm.config import FakeConfig
@@ -28,8 +29,10 @@ def _fastest(module: str, name: str) -> str:
         return "auto"
 
 
-def serve(config: FakeConfig, host: str = "127.0.0.1", port: int = 8000, port_file: str | None = None) -> None:
-    """Serve until interrupted. With port_file, the bound port is written there once listening."""
+def serve(config: FakeConfig, host: str = "127.0.0.1", port: int = 8000, port_file: str | None = None,
+          announce: bool = False) -> None:
+    """Serve until interrupted. With port_file, the bound port is written there once listening;
+    with announce, the URL is printed to stderr."""
     import uvicorn
 
     from fakellm.app import create_app
@@ -42,6 +45,11 @@ def serve(config: FakeConfig, host: str = "127.0.0.1", port: int = 8000, port_fi
         tmp = Path(port_file + ".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
         os.replace(tmp, port_file)
+    if announce:
+        timing = (f"timing on: {config.max_num_seqs} seqs, {config.decode_s_per_token * 1000:g} ms/token"
+                  if config.timing else "no latency")
+        print(f"fake-llm serving {config.model!r} on http://{host}:{sock.getsockname()[1]}/v1 ({timing})",
+              file=sys.stderr, flush=True)
     uv_config = uvicorn.Config(create_app(config), loop=_fastest("uvloop", "uvloop"),
                                http=_fastest("httptools", "httptools"), log_level="warning",
                                access_log=False, lifespan="off", backlog=BACKLOG, timeout_keep_alive=30)
