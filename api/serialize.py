@@ -16,7 +16,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-def job_json(session, job: Job, *, full: bool = True) -> dict[str, Any]:
+def job_json(session, job: Job, *, full: bool = True, usage: dict[str, int] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
@@ -32,10 +32,10 @@ def job_json(session, job: Job, *, full: bool = True) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+    data["usage"] = usage if usage is not None else repo.job_usage(session, job.id)
     if full:
         data["params"] = job.params
         data["result"] = job.result if job.status == "succeeded" else None
-        data["usage"] = repo.job_usage(session, job.id)
         data["scores"] = {s.metric: s.value for s in repo.job_scores(session, job.id)}
     return data
 

@@ -103,23 +103,32 @@ def list_jobs(
     return list(rows), total
 
 
-def job_usage(session: Session, job_id: str) -> dict[str, Any]:
-    row = session.execute(
+def usage_by_job(session: Session, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Steps, calls and tokens of each job (one grouped query)."""
+    empty = {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+    usage = {job_id: dict(empty) for job_id in job_ids}
+    if not job_ids:
+        return usage
+    rows = session.execute(
         select(
+            Step.job_id,
             func.count(Step.id),
             func.coalesce(func.sum(Step.calls), 0),
             func.coalesce(func.sum(Step.prompt_tokens), 0),
             func.coalesce(func.sum(Step.completion_tokens), 0),
             func.coalesce(func.sum(Step.cached_tokens), 0),
-        ).where(Step.job_id == job_id)
-    ).one()
-    return {
-        "steps": row[0],
-        "calls": row[1],
-        "prompt_tokens": row[2],
-        "completion_tokens": row[3],
-        "cached_tokens": row[4],
-    }
+        )
+        .where(Step.job_id.in_(job_ids))
+        .group_by(Step.job_id)
+    )
+    for job_id, steps, calls, prompt, completion, cached in rows:
+        usage[job_id] = {"steps": steps, "calls": calls, "prompt_tokens": prompt,
+                         "completion_tokens": completion, "cached_tokens": cached}
+    return usage
+
+
+def job_usage(session: Session, job_id: str) -> dict[str, int]:
+    return usage_by_job(session, [job_id])[job_id]
 
 
 def request_cancel(session: Session, job: Job) -> None:

@@ -98,7 +98,9 @@ def list_jobs(
             session, owner=None if who.is_admin else who.owner, status=status, kind=kind,
             parent_id=parent_id, limit=limit, offset=offset,
         )
-        return {"items": [job_json(session, j, full=False) for j in jobs], "total": total, "limit": limit, "offset": offset}
+        usage = repo.usage_by_job(session, [j.id for j in jobs])
+        items = [job_json(session, j, full=False, usage=usage[j.id]) for j in jobs]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 def load_visible_job(session, job_id: str, who: Principal) -> Job:
