@@ -57,11 +57,16 @@ def get_kind(name: str) -> Kind:
         raise UnknownKind(f"unknown job kind '{name}'; known kinds: {', '.join(sorted(KINDS))}") from None
 
 
-def validate_params(kind_name: str, params: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
+def validation_context(settings: Any) -> dict[str, Any]:
+    """What params models may check against: the settings and the limits they set."""
+    return {"settings": settings, "max_target_words": settings.max_target_words}
+
+
+def validate_params(kind_name: str, params: dict[str, Any], settings: Any) -> BaseModel:
     """Parse params with the kind's model; raises UnknownKind or InvalidParams with readable messages."""
     kind = get_kind(kind_name)
     try:
-        return kind.params_model().model_validate(params, context=context)
+        return kind.params_model().model_validate(params, context=validation_context(settings))
     except ValidationError as exc:
         errors = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)

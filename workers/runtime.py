@@ -20,7 +20,7 @@ from agents.settings import Settings
 from db import repo
 from db.models import Document
 from db.session import Database
-from workers.kinds import get_kind
+from workers.kinds import get_kind, validate_params
 from workers.step_store import DbEventSink, DbStepStore
 
 log = logging.getLogger("longform.worker")
@@ -86,7 +86,7 @@ class WorkerRuntime:
         cancel_flag = asyncio.Event()
         try:
             kind = get_kind(kind_name)
-            params = kind.params_model().model_validate(params_json, context={"settings": self.settings})
+            params = validate_params(kind_name, params_json, self.settings)
         except Exception as exc:  # stored params no longer valid (code changed): fail, don't loop
             await self._db(repo.finish_job, job_id, self.worker_id, "failed", error=f"invalid params: {exc}")
             return "failed"
@@ -163,13 +163,11 @@ class WorkerRuntime:
 
     async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
         """Create child jobs of a parent (idempotent per item), queue them, return their ids."""
-        from workers.kinds import validate_params
-
         def create(session) -> list[str]:
             parent = repo.get_job(session, parent_id)
             ids = []
             for index, params in enumerate(params_list):
-                model = validate_params(kind, params, context={"settings": self.settings})
+                model = validate_params(kind, params, self.settings)
                 job, _ = repo.create_job(
                     session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,
                     idempotency_key=f"{parent_id}/child/{index}", parent_id=parent_id,

@@ -31,7 +31,7 @@ def submit_job(
 ) -> tuple[dict[str, Any], bool]:
     """Validate, store and queue a job. Returns its JSON and whether it is new."""
     try:
-        model = validate_params(kind, params, context={"settings": state.settings})
+        model = validate_params(kind, params, state.settings)
     except UnknownKind as exc:
         raise HTTPException(400, str(exc)) from None
     except InvalidParams as exc:
