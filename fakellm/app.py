@@ -363,6 +363,9 @@ class FakeLLM:
                 per_piece = (cfg.decode_s_per_token * result.completion_tokens / len(pieces)
                              if cfg.timing and pieces else 0.0)
                 die_at = len(pieces) // 2 if "die" in faults else None
+                if die_at == 0:  # too short to die half-way: die after the first chunk
+                    await asyncio.sleep(0.05)
+                    self._die()
                 decode_start = time.monotonic()
                 while sent < len(pieces):
                     if per_piece:

@@ -59,7 +59,7 @@ class GenResult:
 
 # -- prompts to tokens ------------------------------------------------------------------------
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)  # shared system prompts and plans repeat; book chunks do not
 def _encode_cached(text: str) -> tuple[int, ...]:
     return tuple(encode(text))
 

@@ -81,8 +81,12 @@ class FakeServer:
             self.kill()
             raise FakeServerError(f"fake server did not start in {self.startup_timeout_s}s:\n{self.log_tail()}")
 
-    def restart(self) -> "FakeServer":
-        """Start again on the same port (after kill() or a `die` fault): same URLs, fresh state."""
+    def restart(self, **config: Any) -> "FakeServer":
+        """Start again on the same port (after kill() or a `die` fault): same URLs, fresh state.
+        Config given here is merged into the start config (e.g. die_after=None)."""
+        if config:
+            FakeConfig().update({**self.config, **config})
+            self.config = {**self.config, **config}
         self.stop()
         return self.start(port=self.port or 0)
 

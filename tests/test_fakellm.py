@@ -20,6 +20,7 @@ from fakellm.cli import config_from_options
 from fakellm.config import FakeConfig
 from fakellm.engine import GenRequest, generate
 from fakellm.lengths import parse_length, zh_number
+from fakellm.scheduler import Scheduler
 from fakellm.schema_gen import generate_json
 from fakellm.textgen import generate_text
 
@@ -391,8 +392,7 @@ def test_die_after_and_die_mid_stream(fake_llm_factory, http):
     with pytest.raises(httpx.TransportError):
         chat(http, server, "three")
     server.proc.wait(5)
-    server.config = {}
-    server.restart()
+    server.restart(die_after=None)
     received = []
     with pytest.raises(httpx.TransportError):
         with http.stream("POST", server.base_url + "/chat/completions", headers={"X-Fake-Fault": "die"},
@@ -438,6 +438,38 @@ async def test_concurrency_capped_by_max_num_seqs(fake_llm):
     assert max(seen_waiting) > 0
     assert elapsed >= 3 * 50 * 0.002  # three waves of four
     assert stats["capacity_tokens_per_s"] == pytest.approx(4 / 0.002)
+
+
+async def test_scheduler_priority_order_and_cancelled_waiters():
+    sched = Scheduler(max_num_seqs=1, policy="priority")
+    order = []
+
+    async def job(name, priority, hold=0.01):
+        async with sched.slot(priority):
+            order.append(name)
+            await asyncio.sleep(hold)
+
+    first = asyncio.create_task(job("first", 5, hold=0.05))
+    await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(job(n, p)) for n, p in (("low", 9), ("high", 0), ("gone", -1), ("mid", 3))]
+    await asyncio.sleep(0.01)
+    assert sched.running == 1 and sched.waiting == 4
+    tasks[2].cancel()  # a client that left while waiting never runs
+    await asyncio.gather(first, *tasks, return_exceptions=True)
+    assert order == ["first", "high", "mid", "low"]
+    assert sched.running == 0 and sched.waiting == 0 and sched.max_running_seen == 1
+
+
+def test_client_disconnect_frees_the_slot(fake_llm, http):
+    # vLLM aborts a request when its connection closes; the slot goes to the next request.
+    fake_llm.update(timing=True, max_num_seqs=1, ttft_s=0, decode_s_per_token=0.005)
+    with httpx.Client(timeout=0.3, trust_env=False) as short:
+        with pytest.raises(httpx.ReadTimeout):
+            chat(short, fake_llm, "Write 1000 words on tides.", max_tokens=2000)  # would take 10 s
+    start = time.monotonic()
+    _, _, usage = ok_chat(http, fake_llm, "hi", max_tokens=10)
+    assert time.monotonic() - start < 2.0 and usage["completion_tokens"] == 10
+    assert [r["status"] for r in fake_llm.requests()] == [499, 200]
 
 
 def test_ttft_grows_with_uncached_prompt_tokens_and_cache_hits(fake_llm, http):
