@@ -10,6 +10,7 @@ from fakellm.config import FakeConfig
 _TIMING_MS = {"decode_ms_per_token": "decode_s_per_token", "prefill_ms_per_token": "prefill_s_per_token",
               "ttft_ms": "ttft_s"}
 _PLAIN = ("model", "max_model_len", "seed", "natural_min_words", "natural_max_words", "max_num_seqs",
+          "scheduling_policy",
           "error_rate", "rate_limit_rate", "hang_rate", "hang_s", "truncate_rate", "malformed_json_rate",
           "die_after")
 
@@ -41,6 +42,8 @@ def config_from_options(options: dict) -> FakeConfig:
 @click.option("--natural-max-words", type=int, default=None, help="Natural length range, high end [1500].")
 @click.option("--timing/--no-timing", default=None, help="vLLM timing model (off by default).")
 @click.option("--max-num-seqs", type=int, default=None, help="Sequences decoding at once [64].")
+@click.option("--scheduling-policy", type=click.Choice(["fcfs", "priority"]), default=None,
+              help="Waiting order: arrival, or the request's `priority` (lower first) [fcfs].")
 @click.option("--decode-ms-per-token", type=float, default=None, help="Decode time per token [2].")
 @click.option("--prefill-ms-per-token", type=float, default=None, help="Prefill time per uncached prompt token [0.05].")
 @click.option("--ttft-ms", type=float, default=None, help="Base time to first token [20].")

@@ -472,6 +472,18 @@ def test_client_disconnect_frees_the_slot(fake_llm, http):
     assert [r["status"] for r in fake_llm.requests()] == [499, 200]
 
 
+def test_streams_are_paced_by_decode_time(fake_llm, http):
+    fake_llm.update(timing=True, ttft_s=0.0, prefill_s_per_token=0, decode_s_per_token=0.002)
+    start, arrivals = time.monotonic(), []
+    with http.stream("POST", fake_llm.base_url + "/chat/completions", json={
+            "max_tokens": 150, "stream": True, "messages": [{"role": "user", "content": EN_PROMPT}]}) as resp:
+        for line in resp.iter_lines():
+            if '"content"' in line:
+                arrivals.append(time.monotonic() - start)
+    assert arrivals[0] < 0.15 and arrivals[-1] >= 150 * 0.002 * 0.9
+    assert len(arrivals) >= 5  # several chunks over the decode time, not one burst at the end
+
+
 def test_ttft_grows_with_uncached_prompt_tokens_and_cache_hits(fake_llm, http):
     fake_llm.update(timing=True, ttft_s=0.0, prefill_s_per_token=0.0002, decode_s_per_token=0.0001)
     system = "You are a careful historian of harbors. " * 150  # about 1,200 tokens shared
@@ -525,3 +537,45 @@ def test_admin_request_log_and_reset(fake_llm, http):
     assert fake_llm.stats()["requests_by_path"]["/v1/chat/completions"] == 1
     fake_llm.reset()
     assert fake_llm.requests() == [] and fake_llm.stats()["generation_tokens"] == 0
+
+
+# -- throughput (the benchmark's load) ----------------------------------------------------------
+
+async def _raw_keepalive_load(port: int, n: int, connections: int, max_tokens: int) -> list[int]:
+    """A minimal HTTP/1.1 keep-alive client, so the measurement is the server's, not httpx's."""
+    jobs, tokens = list(range(n)), []
+
+    async def connection():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while jobs:
+            i = jobs.pop()
+            body = json.dumps({"max_tokens": max_tokens, "ignore_eos": True,
+                               "messages": [{"role": "user", "content": f"Item {i}: describe the harbor."}]}).encode()
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            status, length = await reader.readline(), 0
+            while (line := await reader.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                length = int(value) if name.lower() == "content-length" else length
+            payload = json.loads(await reader.readexactly(length))
+            assert b" 200 " in status, status
+            tokens.append(payload["usage"]["completion_tokens"])
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return tokens
+
+
+@pytest.mark.slow
+async def test_sustains_the_benchmark_load(fake_llm_factory):
+    # 1,000 requests of 200 tokens at 64 sequences and 2 ms/token: ~160 req/s is the model's
+    # ceiling (32,000 tok/s); the server must not be the bottleneck.
+    server = fake_llm_factory(timing=True, max_num_seqs=64, decode_s_per_token=0.002, ttft_s=0.0,
+                              prefill_s_per_token=0.0)
+    start = time.monotonic()
+    tokens = await _raw_keepalive_load(server.port, 1000, 128, 200)
+    rate = len(tokens) / (time.monotonic() - start)
+    assert tokens == [200] * 1000
+    print(f"fake server: {rate:.0f} req/s, {rate * 200:.0f} tok/s")
+    assert rate >= 120, f"{rate:.0f} req/s"
+    assert server.stats()["max_running_observed"] == 64
