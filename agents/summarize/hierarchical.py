@@ -1,0 +1,363 @@
+"""Hierarchical merging (BooookScore): summarize every chunk, then merge summaries level by level.
+
+Steps (each a checkpointed node, so a resumed job re-runs only what is missing):
+- `chunk/0/{i}`: the summary of chunk i. All of them are independent and start at once;
+  the LLM client's in-flight limits bound how many run together.
+- `merge/{level}/{j}`: the j-th merge at `level`, over as many consecutive summaries of
+  the level below as fit the context budget, with the previous merge of the same level
+  (`merge/{level}/{j-1}`, cut to 20 % of the budget) as context. That context makes the
+  merges of one level sequential, as in the reference; `merge_context=False` drops it and
+  runs them concurrently. A level starts merging as soon as its first inputs exist, so
+  level 1 overlaps the tail of level 0.
+- the final merge: the first merge of a level whose inputs all fit one call with the
+  top (target) limit. Then `revise/{k}` steps bring it within +-10 % of target_words.
+Every node's inputs come from stored outputs of earlier nodes, grouped by deterministic
+rules, so a re-run forms the same groups and step keys.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Awaitable
+
+from agents.context import JobContext
+from agents.summarize import budgets as B
+from agents.summarize.nodes import (
+    Candidate,
+    distance_to,
+    fit_final_length,
+    generate,
+    structural_problem,
+    within_tokens,
+)
+from agents.sentences import sentence_spans
+from agents.text import count_tokens
+
+LABEL_TOKENS = 10  # 'Summary 12:\n"""\n...\n"""' around each merged input
+
+
+def _template_tokens(template: str, **variables: Any) -> int:
+    import prompts
+
+    return count_tokens(prompts.render(template, **variables).text)
+
+
+def chunk_template_tokens() -> int:
+    return _template_tokens("summarize/chunk.j2", text="", index=999, total=999, bound="at most", words=9999)
+
+
+def merge_template_tokens() -> int:
+    return _template_tokens("summarize/merge.j2", context="x", summaries=[], bound="at most", words=9999)
+
+
+def cut_to_tokens(text: str, cap: int) -> str:
+    """The longest prefix of whole sentences within `cap` tokens (BooookScore cuts the context
+    back to its last full stop)."""
+    if count_tokens(text) <= cap:
+        return text
+    kept = 0
+    for _, end in sentence_spans(text):
+        if count_tokens(text[:end]) > cap:
+            break
+        kept = end
+    return text[:kept].rstrip()
+
+
+class _Stream:
+    """Nodes of one level, in order, as awaitables; None marks the end."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item: Awaitable[dict[str, Any]]) -> None:
+        self._queue.put_nowait(item)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> Awaitable[dict[str, Any]] | None:
+        return await self._queue.get()
+
+
+class HierarchicalSummarizer:
+    def __init__(
+        self,
+        ctx: JobContext,
+        chunks: list[str],
+        target_words: int,
+        merge_context: bool = True,
+        length_samples: int = 1,
+    ):
+        self.ctx = ctx
+        self.chunks = chunks
+        self.target = target_words
+        self.merge_context = merge_context
+        self.length_samples = length_samples
+        self.plan = B.plan_hierarchical(
+            len(chunks),
+            ctx.llm.context_window,
+            max(count_tokens(c) for c in chunks),
+            target_words,
+            chunk_template_tokens(),
+            merge_template_tokens(),
+        )
+        self.nodes: dict[str, dict[str, Any]] = {}  # tree nodes by id
+        self.level_groups: dict[int, int] = {}  # merges per level
+        self.done = 0
+        self.total = len(chunks) + sum(self.expected_merges())
+        self._tasks: list[asyncio.Task] = []
+        self._failure: asyncio.Future | None = None
+
+    # ----- planning --------------------------------------------------------------------------
+
+    def expected_merges(self) -> list[int]:
+        """Merges per level if every summary used exactly its limit (a progress estimate)."""
+        counts, n, level = [], len(self.chunks), 1
+        while n > 1:
+            size = B.output_cap(self.plan.limit(level - 1)) + LABEL_TOKENS
+            if n * size + B.PROMPT_PAD <= self.plan.final_budget():
+                counts.append(1)
+                break
+            budget = self.plan.merge_budget(level)
+            context = [0] + [min(B.context_cap(budget), B.output_cap(self.plan.limit(level)))] * n
+            groups = B.pack_groups([size] * n, budget, context if self.merge_context else None)
+            if len(groups) >= n:  # no progress: the real run will raise, the estimate stops here
+                break
+            counts.append(len(groups))
+            n, level = len(groups), level + 1
+        return counts
+
+    # ----- running ---------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        self._failure = asyncio.get_running_loop().create_future()
+        try:
+            if len(self.chunks) == 1:
+                final = await self._chunk_node(0, final=True)
+            else:
+                level0 = _Stream()
+                for i in range(len(self.chunks)):
+                    level0.put(self._spawn(self._chunk_node(i)))
+                level0.close()
+                top = self._spawn(self._level(1, level0))
+                await asyncio.wait([top, self._failure], return_when=asyncio.FIRST_COMPLETED)
+                if self._failure.done():
+                    raise self._failure.result()
+                final = top.result()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        return await self._finish(final)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+
+        def report(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None and not self._failure.done():
+                self._failure.set_result(t.exception())
+
+        task.add_done_callback(report)
+        return task
+
+    async def _node_done(self, node: dict[str, Any], phase: str) -> None:
+        self.nodes[node["id"]] = node
+        self.done += 1
+        self.total = max(self.total, self.done)
+        await self.ctx.progress(self.done, self.total, phase=phase)
+
+    async def _chunk_node(self, i: int, final: bool = False) -> dict[str, Any]:
+        key = f"chunk/0/{i}"
+        limit = self.plan.top_tokens if final else self.plan.limit(0)
+        words = self.target if final else B.words_for(limit)
+
+        async def summarize() -> dict[str, Any]:
+            def render(asked: int) -> str:
+                return self.ctx.render(
+                    "summarize/chunk.j2",
+                    text=self.chunks[i],
+                    index=i + 1,
+                    total=len(self.chunks),
+                    bound="about" if final else "at most",
+                    words=asked,
+                )
+
+            if final:
+                return await generate(
+                    self.ctx, key, render, words, B.output_cap(limit), structural_problem,
+                    samples=self.length_samples, prefer=distance_to(self.target),
+                )
+            return await generate(self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit))
+
+        out = await self.ctx.step(key, summarize)
+        node = self._make_node(key, 0, out, children=[], chunk=i)
+        await self._node_done(node, "chunks")
+        return node
+
+    def _make_node(self, key: str, level: int, out: dict[str, Any], children: list[str], **extra: Any) -> dict[str, Any]:
+        node = {
+            "id": key,
+            "level": level,
+            "children": children,
+            "words": out["words"],
+            "tokens": out["tokens"],
+            "calls": out["calls"],
+            "problem": out["problem"],
+            **extra,
+        }
+        # Kept in memory for the next level and for length control; dropped from the tree.
+        node["_text"], node["_samples"] = out["text"], out["samples"]
+        return node
+
+    async def _level(self, level: int, source: _Stream) -> dict[str, Any]:
+        """Merge the nodes of `source` (level - 1); returns the final node of the whole tree."""
+        budget = self.plan.merge_budget(level)
+        final_budget = self.plan.final_budget()
+        pending: deque[dict[str, Any]] = deque()
+        ended = False
+
+        async def take() -> dict[str, Any] | None:
+            nonlocal ended
+            if pending:
+                return pending.popleft()
+            if ended:
+                return None
+            item = await source.get()
+            if item is None:
+                ended = True
+                return None
+            return await item
+
+        def size(node: dict[str, Any]) -> int:
+            return node["tokens"] + LABEL_TOKENS
+
+        out = _Stream()
+        next_level: asyncio.Task | None = None
+        previous: dict[str, Any] | None = None
+        j = 0
+        while True:
+            first = await take()
+            if first is None:
+                break
+            context = ""
+            if self.merge_context and previous is not None:
+                context = cut_to_tokens(previous["_text"], B.context_cap(budget))
+            used = B.PROMPT_PAD + (count_tokens(context) if context else 0) + size(first)
+            final_used = B.PROMPT_PAD + size(first)
+            final_possible = j == 0
+            group, closed = [first], False
+            while True:
+                nxt = await take()
+                if nxt is None:
+                    break
+                if final_used + size(nxt) > final_budget:
+                    final_possible = False
+                if used + size(nxt) > budget:
+                    pending.appendleft(nxt)
+                    closed = True
+                    break
+                group.append(nxt)
+                used += size(nxt)
+                final_used += size(nxt)
+            if not closed and j == 0:
+                if final_possible or len(group) == 1:
+                    return await self._final_merge(level, group)
+                # Everything fits one ordinary merge but not the final one (its output is
+                # bigger): merge in two halves, and the next level makes the final merge.
+                half = len(group) // 2
+                pending.extend(group[half:])
+                group = group[:half]
+            if self.merge_context:
+                node = await self._merge_node(level, j, group, context, previous)
+                previous = node
+                out.put(_ready(node))
+            else:
+                out.put(self._spawn(self._merge_node(level, j, group, "", None)))
+            if next_level is None:
+                next_level = self._spawn(self._level(level + 1, out))
+            j += 1
+        out.close()
+        if next_level is None:
+            raise RuntimeError(f"level {level} got no input")
+        return await next_level
+
+    async def _merge_node(
+        self, level: int, j: int, group: list[dict[str, Any]], context: str, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        key = f"merge/{level}/{j}"
+        limit = self.plan.limit(level)
+        summaries = [n["_text"] for n in group]
+
+        async def merge() -> dict[str, Any]:
+            def render(asked: int) -> str:
+                return self.ctx.render(
+                    "summarize/merge.j2", context=context, summaries=summaries, bound="at most", words=asked
+                )
+
+            return await generate(self.ctx, key, render, B.words_for(limit), B.output_cap(limit), within_tokens(limit))
+
+        out = await self.ctx.step(key, merge)
+        extra = {"context": previous["id"]} if context and previous else {}
+        node = self._make_node(key, level, out, children=[n["id"] for n in group], **extra)
+        self.level_groups[level] = self.level_groups.get(level, 0) + 1
+        await self._node_done(node, f"merge level {level}")
+        return node
+
+    async def _final_merge(self, level: int, group: list[dict[str, Any]]) -> dict[str, Any]:
+        key = f"merge/{level}/0"
+        limit = self.plan.top_tokens
+        summaries = [n["_text"] for n in group]
+
+        async def merge() -> dict[str, Any]:
+            def render(asked: int) -> str:
+                return self.ctx.render("summarize/merge.j2", context="", summaries=summaries, bound="about", words=asked)
+
+            return await generate(
+                self.ctx, key, render, self.target, B.output_cap(limit), structural_problem,
+                samples=self.length_samples, prefer=distance_to(self.target),
+            )
+
+        out = await self.ctx.step(key, merge)
+        node = self._make_node(key, level, out, children=[n["id"] for n in group], final=True)
+        self.level_groups[level] = 1
+        await self._node_done(node, "final merge")
+        return node
+
+    async def _finish(self, final: dict[str, Any]) -> dict[str, Any]:
+        draft = Candidate(final["id"], final["_text"], final["words"], final["_samples"])
+
+        def max_tokens_for(words: int) -> int:
+            return B.output_cap(B.tokens_for_words(words))
+
+        async def on_revision(node: dict[str, Any]) -> None:
+            node["level"] = final["level"]
+            await self._node_done(node, "length revision")
+
+        chosen, report = await fit_final_length(
+            self.ctx, draft, self.target, max_tokens_for, self.length_samples, on_revision
+        )
+        for rev in report["revisions"]:
+            self.nodes[rev["id"]] = rev
+        root = chosen.id
+        tree_nodes = [{k: v for k, v in n.items() if not k.startswith("_")} for n in self.nodes.values()]
+        levels = []
+        top_level = final["level"]
+        for level in range(top_level + 1):
+            limit = self.plan.top_tokens if level == top_level else self.plan.limit(level)
+            count = len(self.chunks) if level == 0 else self.level_groups.get(level, 0)
+            levels.append({"level": level, "nodes": count, "limit_tokens": limit, "limit_words": B.words_for(limit)})
+        return {
+            "summary": chosen.text,
+            "word_count": chosen.words,
+            "length_ok": report["length_ok"],
+            "trimmed": report["trimmed"],
+            "levels": levels,
+            "tree": {"nodes": tree_nodes, "root": root},
+            "calls": sum(n.get("calls", 0) for n in self.nodes.values()),
+            "sequential_merges": sum(v for k, v in self.level_groups.items()) if self.merge_context else None,
+        }
+
+
+async def _ready(node: dict[str, Any]) -> dict[str, Any]:
+    return node

@@ -1,0 +1,188 @@
+"""Incremental updating (BooookScore): a running summary updated chunk by chunk.
+
+Steps (each checkpointed; keys are stable because every input comes from stored outputs):
+- `update/0`: the first chunk summarized alone; `update/{j}`: the running summary updated
+  with chunk j. Updates are inherently sequential.
+- When an update is cut off or outgrows the running-summary cap (BooookScore's
+  max_summary_len, here target_words / 0.65 tokens), the previous summary is compressed
+  (`compress/{j}/{a}`) to max(target x j / N x (1 - 0.05 a), target / 4) words and the update
+  is redone with it (`update/{j}/{a}`); at most 6 attempts. The floor is ours: the spec's
+  target x j / N alone would ask for a handful of words early in a long book.
+- The last update asks for about target_words; `revise/{k}` steps then bring it within
+  +-10 % of the target (see nodes.fit_final_length).
+The tree is the chain: each update's children are the summary it started from (the
+previous update, or its compressed version) and it carries the index of the chunk it read.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import prompts
+from agents.context import JobContext
+from agents.summarize import budgets as B
+from agents.summarize.nodes import (
+    NODE_ATTEMPTS,
+    Candidate,
+    distance_to,
+    fit_final_length,
+    generate,
+    structural_problem,
+    within_tokens,
+)
+from agents.text import count_tokens, count_words
+
+COMPRESS_ATTEMPTS = 6
+COMPRESS_SHRINK = 0.05  # each compression attempt asks 5 % x attempt less
+COMPRESS_TOLERANCE = 0.2  # a compressed summary must land within +-20 % of its target
+COMPRESS_FLOOR = 0.25  # ... and is never asked below this share of target_words
+UPDATE_HEADROOM = 0.85  # updates ask for this share of the cap: models overshoot word limits
+
+
+def update_template_tokens() -> int:
+    text = prompts.render(
+        "summarize/update.j2", summary="", text="", index=999, total=999, bound="at most", words=9999
+    ).text
+    return count_tokens(text)
+
+
+class IncrementalSummarizer:
+    def __init__(self, ctx: JobContext, chunks: list[str], target_words: int, length_samples: int = 1):
+        self.ctx = ctx
+        self.length_samples = length_samples
+        self.chunks = chunks
+        self.target = target_words
+        self.plan = B.plan_incremental(
+            ctx.llm.context_window, max(count_tokens(c) for c in chunks), target_words, update_template_tokens()
+        )
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+        self.compressions = 0
+        self.done = 0
+        self.total = len(chunks)
+
+    async def _progress(self, phase: str) -> None:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        await self.ctx.progress(self.done, self.total, phase=phase)
+
+    def _add(self, node: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        node = {**node, "words": out["words"], "tokens": out["tokens"], "calls": out["calls"], "problem": out["problem"]}
+        self.nodes[node["id"]] = node
+        return node
+
+    async def _update_step(self, key: str, summary: str | None, j: int) -> dict[str, Any]:
+        """One update (or the first chunk's summary) as step `key`."""
+        final = j == len(self.chunks) - 1
+        cap = self.plan.top_tokens
+        words = self.target if final else round(B.words_for(cap) * UPDATE_HEADROOM)
+        bound = "about" if final else "at most"
+
+        async def update() -> dict[str, Any]:
+            def render(asked: int) -> str:
+                common = dict(text=self.chunks[j], index=j + 1, total=len(self.chunks), bound=bound, words=asked)
+                if summary is None:
+                    return self.ctx.render("summarize/chunk.j2", **common)
+                return self.ctx.render("summarize/update.j2", summary=summary, **common)
+
+            # The final update's length is fixed afterwards by revisions; others must fit the cap.
+            check = structural_problem if final else within_tokens(cap)
+            # Only the first summary retries on its own: a bad update is repaired by compressing
+            # the summary it started from (BooookScore), below.
+            attempts = NODE_ATTEMPTS if summary is None else 1
+            if final:
+                return await generate(
+                    self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts,
+                    samples=self.length_samples, prefer=distance_to(self.target),
+                )
+            return await generate(self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts)
+
+        out = await self.ctx.step(key, update)
+        self.calls += out["calls"]
+        return out
+
+    async def _compress_step(self, key: str, summary: str, words: int) -> dict[str, Any]:
+        cap = self.plan.top_tokens
+
+        def check(text: str, result) -> str | None:
+            problem = within_tokens(cap)(text, result)
+            if problem is None:
+                got = count_words(text)
+                if abs(got - words) > COMPRESS_TOLERANCE * words:
+                    problem = f"{got} words, not within 20% of {words}"
+            return problem
+
+        async def compress() -> dict[str, Any]:
+            def render(asked: int) -> str:
+                return self.ctx.render(
+                    "summarize/compress.j2", summary=summary, current_words=count_words(summary), words=asked
+                )
+
+            out = await generate(self.ctx, key, render, words, B.output_cap(cap), check, attempts=1)
+            return {**out, "asked": words}
+
+        out = await self.ctx.step(key, compress)
+        self.calls += out["calls"]
+        return out
+
+    async def run(self) -> dict[str, Any]:
+        n = len(self.chunks)
+        previous: dict[str, Any] | None = None  # tree node of the running summary
+        previous_text: str | None = None
+        for j in range(n):
+            key = f"update/{j}"
+            out = await self._update_step(key, previous_text, j)
+            children = [previous["id"]] if previous else []
+            if out["problem"] is not None and previous is not None:
+                node, out = await self._repair(j, previous, previous_text or "")
+            else:
+                node = self._add({"id": key, "kind": "update", "chunk": j, "children": children}, out)
+            previous, previous_text, final_samples = node, out["text"], out["samples"]
+            await self._progress("updates")
+
+        draft = Candidate(previous["id"], previous_text or "", previous["words"], final_samples)
+
+        def max_tokens_for(words: int) -> int:
+            return B.output_cap(B.tokens_for_words(words))
+
+        async def on_revision(node: dict[str, Any]) -> None:
+            self.nodes[node["id"]] = node
+            self.calls += node["calls"]
+            await self._progress("length revision")
+
+        chosen, report = await fit_final_length(
+            self.ctx, draft, self.target, max_tokens_for, self.length_samples, on_revision
+        )
+        tree_nodes = [{**n, "level": None} for n in self.nodes.values()]
+        return {
+            "summary": chosen.text,
+            "word_count": chosen.words,
+            "length_ok": report["length_ok"],
+            "trimmed": report["trimmed"],
+            "levels": [],
+            "tree": {"nodes": tree_nodes, "root": chosen.id},
+            "calls": self.calls,
+            "updates": n,
+            "compressions": self.compressions,
+        }
+
+    async def _repair(self, j: int, previous: dict[str, Any], previous_text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Compress the previous summary and redo update j; pick the best attempt."""
+        n = len(self.chunks)
+        floor = max(1, round(self.target * COMPRESS_FLOOR))
+        attempts: list[tuple[dict[str, Any], dict[str, Any], int]] = []
+        for a in range(COMPRESS_ATTEMPTS):
+            words = max(floor, int(self.target * j / n * (1 - COMPRESS_SHRINK * a)))
+            compressed = await self._compress_step(f"compress/{j}/{a}", previous_text, words)
+            updated = await self._update_step(f"update/{j}/{a}", compressed["text"], j)
+            attempts.append((compressed, updated, a))
+            if compressed["problem"] is None and updated["problem"] is None:
+                break
+        valid = [x for x in attempts if x[1]["problem"] is None]
+        compressed, updated, a = min(
+            valid or attempts, key=lambda x: abs(x[0]["words"] - x[0]["asked"]) / max(1, x[0]["asked"])
+        )
+        self.compressions += 1
+        ckey = f"compress/{j}/{a}"
+        self._add({"id": ckey, "kind": "compress", "children": [previous["id"]]}, compressed)
+        node = self._add({"id": f"update/{j}/{a}", "kind": "update", "chunk": j, "children": [ckey]}, updated)
+        return node, updated
