@@ -53,8 +53,16 @@ def chunk_text(
     for unit_text, glue, n in units:
         glue_tokens = sep_tokens if glue else 0
         if current and current_tokens + glue_tokens + n > chunk_size:
-            chunks.extend(_close(current, chunk_size, count_tokens))
-            current, current_tokens = [], 0
+            # The sum of parts is only an estimate (BPE merges across joins): ask the real
+            # count before closing, so packing stays greedy.
+            actual = count_tokens(_join(current + [(unit_text, glue)]))
+            if actual > chunk_size:
+                chunks.extend(_close(current, chunk_size, count_tokens))
+                current, current_tokens = [], 0
+            else:
+                current.append((unit_text, glue))
+                current_tokens = actual
+                continue
         if not current:
             glue_tokens = 0
         current.append((unit_text, glue))
