@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -52,12 +53,19 @@ from agents.llm.types import (
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10.0
+_CONNECTIONS_PER_CLIENT = 16
 _PROBE_TIMEOUT_S = 5.0
 
 
 def _root_url(base_url: str) -> str:
     """Server root of an OpenAI base URL (vLLM serves /health and /tokenize there)."""
     return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def _connection_limits(connections: int) -> Any:
+    """Keep every connection alive (the client's default keeps 100 and would reconnect above it)."""
+    limits_cls = type(openai.DEFAULT_CONNECTION_LIMITS)  # httpx's Limits, whichever httpx openai uses
+    return limits_cls(max_connections=connections + 2, max_keepalive_connections=connections + 2)
 
 
 def _rendezvous_score(key: str, endpoint: str) -> int:
@@ -69,12 +77,22 @@ class _Endpoint:
     def __init__(self, base_url: str, api_key: str, timeout_s: float, max_inflight: int):
         self.base_url = base_url.rstrip("/")
         self.root = _root_url(self.base_url)
-        self.client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key,
-            max_retries=0,  # the pool retries, with failover
-            timeout=openai.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
-        )
+        # Several clients ("shards") of a few connections each: the HTTP connection pool scans
+        # all its connections on every request, so one pool of hundreds costs milliseconds of
+        # CPU per call; shards keep that scan short.
+        shards = max(1, math.ceil(max_inflight / _CONNECTIONS_PER_CLIENT))
+        per_shard = math.ceil(max_inflight / shards)
+        self.clients = [
+            openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=api_key,
+                max_retries=0,  # the pool retries, with failover
+                timeout=openai.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
+                http_client=openai.DefaultAsyncHttpxClient(limits=_connection_limits(per_shard)),
+            )
+            for _ in range(shards)
+        ]
+        self.shard_inflight = [0] * shards
         self.inflight = 0
         self.up = True
         self.consecutive_failures = 0
@@ -82,6 +100,10 @@ class _Endpoint:
         self.served = 0
         self.tokenize_supported: bool | None = None  # unknown until tried
         self.metrics = EndpointMetrics(self.base_url)
+
+    def least_busy_shard(self) -> int:
+        counts = self.shard_inflight
+        return counts.index(min(counts))
 
 
 @dataclass
@@ -180,7 +202,8 @@ class OpenAIPool:
                 waiter.future.set_result(None)
         self._waiters.clear()
         for ep in self._endpoints:
-            await ep.client.close()
+            for client in ep.clients:
+                await client.close()
         if self._aux is not None:
             await self._aux.aclose()
             self._aux = None
@@ -428,15 +451,23 @@ class OpenAIPool:
 
     async def _attempt(self, ep: _Endpoint, kind: str, payload: Any, options: GenOptions) -> LLMResult:
         model = options.model or self._model or await self._resolve_model(ep)
-        kwargs = _request_kwargs(model, options)
+        body, request_options = _request(kind, payload, model, options)
+        shard = ep.least_busy_shard()
+        ep.shard_inflight[shard] += 1
         try:
-            if kind == "chat":
-                resp = await ep.client.chat.completions.create(messages=payload, **kwargs)
-            else:
-                resp = await ep.client.completions.create(prompt=payload, **kwargs)
+            # The client's generic post: its transport, auth, headers and typed errors, without
+            # re-validating our own request body or building response models (CPU per call).
+            data = await ep.clients[shard].post(
+                "/chat/completions" if kind == "chat" else "/completions",
+                cast_to=object,
+                body=body,
+                options=request_options,
+            )
         except openai.APIError as exc:
             raise _map_error(exc, ep.base_url) from exc
-        return _to_result(resp, kind, ep.base_url, model)
+        finally:
+            ep.shard_inflight[shard] -= 1
+        return _to_result(data, kind, ep.base_url, model)
 
     async def _resolve_model(self, ep: _Endpoint) -> str:
         """First model the server lists (and its max_model_len, when vLLM reports it)."""
@@ -446,7 +477,7 @@ class OpenAIPool:
             if self._model:
                 return self._model
             try:
-                page = await ep.client.models.list()
+                page = await ep.clients[0].models.list()
             except openai.APIError as exc:
                 raise _map_error(exc, ep.base_url) from exc
             if not page.data:
@@ -488,31 +519,36 @@ def _resolve(future: asyncio.Future, value: Any) -> None:
         future.set_result(value)
 
 
-def _request_kwargs(model: str, o: GenOptions) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"model": model, "max_tokens": o.max_tokens, "temperature": o.temperature, "top_p": o.top_p}
-    if o.stop:
-        kwargs["stop"] = o.stop
-    if o.seed is not None:
-        kwargs["seed"] = o.seed
-    if o.json_schema is not None:
-        kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": o.json_schema}}
-    extra = {
-        name: value
-        for name, value in (
-            ("top_k", o.top_k),
-            ("repetition_penalty", o.repetition_penalty),
-            ("min_tokens", o.min_tokens),
-            ("priority", o.priority),
-        )
-        if value is not None
+def _request(kind: str, payload: Any, model: str, o: GenOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(JSON body, openai request options) of one chat or completion request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages" if kind == "chat" else "prompt": payload,
+        "max_tokens": o.max_tokens,
+        "temperature": o.temperature,
+        "top_p": o.top_p,
     }
-    if extra:
-        kwargs["extra_body"] = extra
+    if o.stop:
+        body["stop"] = o.stop
+    if o.seed is not None:
+        body["seed"] = o.seed
+    if o.json_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": o.json_schema}}
+    # vLLM's extra sampling parameters (what the typed client would send as extra_body).
+    for name, value in (
+        ("top_k", o.top_k),
+        ("repetition_penalty", o.repetition_penalty),
+        ("min_tokens", o.min_tokens),
+        ("priority", o.priority),
+    ):
+        if value is not None:
+            body[name] = value
+    request_options: dict[str, Any] = {}
     if o.sticky_key:
-        kwargs["extra_headers"] = {"X-Session-ID": o.sticky_key}
+        request_options["headers"] = {"X-Session-ID": o.sticky_key}
     if o.timeout_s is not None:
-        kwargs["timeout"] = o.timeout_s
-    return kwargs
+        request_options["timeout"] = o.timeout_s
+    return body, request_options
 
 
 def _map_error(exc: openai.APIError, endpoint: str) -> LLMError:
@@ -557,31 +593,31 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None  # an HTTP date: rare from model servers; fall back to our backoff
 
 
-def _to_result(resp: Any, kind: str, endpoint: str, model: str) -> LLMResult:
+def _to_result(data: Any, kind: str, endpoint: str, model: str) -> LLMResult:
     try:
-        choice = resp.choices[0]
-        text = choice.message.content if kind == "chat" else choice.text
-        finish_reason = choice.finish_reason
-    except (AttributeError, IndexError, TypeError) as exc:
-        raise LLMServerError(f"malformed response: {exc}", endpoint=endpoint) from exc
-    if text is None or not isinstance(text, str):
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if kind == "chat" else choice["text"]
+        finish_reason = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LLMServerError(f"malformed response: missing {exc}", endpoint=endpoint) from exc
+    if not isinstance(text, str):
         raise LLMServerError("malformed response: no text in the first choice", endpoint=endpoint)
-    usage = getattr(resp, "usage", None)
+    usage = data.get("usage") or {}
     extra: dict[str, Any] = {}
-    if usage is not None and usage.completion_tokens is not None:
-        prompt_tokens, completion_tokens = usage.prompt_tokens or 0, usage.completion_tokens
+    if isinstance(usage.get("completion_tokens"), int):
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens") or 0, usage["completion_tokens"]
     else:  # some servers omit usage: estimate so budgets still add up
         prompt_tokens, completion_tokens = 0, textutil.count_tokens(text)
         extra["usage_estimated"] = True
-    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return LLMResult(
         text=text,
         finish_reason=finish_reason or "stop",
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         latency_s=0.0,
-        model=getattr(resp, "model", None) or model,
+        model=data.get("model") or model,
         endpoint=endpoint,
         cached_tokens=cached,
         extra=extra,
