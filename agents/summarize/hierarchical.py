@@ -340,7 +340,11 @@ class HierarchicalSummarizer:
         for rev in report["revisions"]:
             self.nodes[rev["id"]] = rev
         root = chosen.id
-        tree_nodes = [{k: v for k, v in n.items() if not k.startswith("_")} for n in self.nodes.values()]
+        # Nodes finish in any order; list them level by level, in step-key order.
+        tree_nodes = [
+            {k: v for k, v in n.items() if not k.startswith("_")}
+            for n in sorted(self.nodes.values(), key=_tree_order)
+        ]
         levels = []
         top_level = final["level"]
         for level in range(top_level + 1):
@@ -361,3 +365,8 @@ class HierarchicalSummarizer:
 
 async def _ready(node: dict[str, Any]) -> dict[str, Any]:
     return node
+
+
+def _tree_order(node: dict[str, Any]) -> tuple:
+    kind, *numbers = node["id"].split("/")
+    return (node["level"], ("chunk", "merge", "revise").index(kind), *map(int, numbers))
