@@ -119,7 +119,7 @@ def parse_verdict_text(text: str) -> Verdict:
     if t_match.start() < q_match.start():
         raise VerdictError("'Types:' comes before 'Questions:'")
     # Questions may wrap onto further lines, up to the Types line.
-    questions_text = (q_match.group(1) + " " + text[q_match.end():t_match.start()]).strip()
+    questions_text = " ".join((q_match.group(1) + " " + text[q_match.end():t_match.start()]).split())
     types_text = t_match.group(1).strip()
     q_none, t_none = _is_no_confusion(questions_text), _is_no_confusion(types_text)
     if q_none != t_none:
