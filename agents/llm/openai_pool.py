@@ -142,7 +142,6 @@ class OpenAIPool:
         self._api_key = api_key or "EMPTY"
         self._model = model
         self._context_window = context_window
-        self._context_window_from_server = False
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -179,8 +178,8 @@ class OpenAIPool:
 
     async def count_tokens(self, text: str) -> int:
         """The server's tokenizer (vLLM or llama.cpp `/tokenize`) when it has one, else
-        `agents.text.count_tokens` (cl100k_base; within roughly +-15% of Llama/Qwen tokenizers
-        on English prose, so budgets built on it should keep a margin)."""
+        `agents.text.count_tokens` (cl100k_base: an approximation, since other models'
+        tokenizers split text differently; budgets built on it keep a margin)."""
         for ep in self._endpoints:
             if ep.up and ep.tokenize_supported is not False:
                 count = await self._server_token_count(ep, text)
@@ -362,7 +361,7 @@ class OpenAIPool:
     def _dispatch(self) -> None:
         """Hand free slots to queued calls, oldest first (synchronous: no slot is ever lost)."""
         any_up = any(e.up for e in self._endpoints)
-        kept: deque[_Waiter] = deque()
+        kept: list[_Waiter] = []
         while self._waiters:
             waiter = self._waiters.popleft()
             if waiter.future.done():
@@ -376,14 +375,11 @@ class OpenAIPool:
             choice = self._pick(waiter.sticky_key, waiter.avoid)
             if isinstance(choice, _Endpoint):
                 waiter.future.set_result(self._take(choice))
-            else:
-                kept.append(waiter)
-                if not waiter.sticky_key and not any(
-                    e.up and e.inflight < self.max_inflight for e in self._endpoints
-                ):
-                    break  # no room anywhere: the rest keep waiting in order
-        kept.extend(self._waiters)
-        self._waiters = kept
+                continue
+            kept.append(waiter)
+            if not any(e.up and e.inflight < self.max_inflight for e in self._endpoints):
+                break  # no room anywhere: the rest keep waiting, in order
+        self._waiters.extendleft(reversed(kept))
 
     # ----- health state --------------------------------------------------------------
 
@@ -486,28 +482,25 @@ class OpenAIPool:
             max_len = getattr(first, "max_model_len", None)
             if isinstance(max_len, int) and max_len > 0:
                 self._context_window = max_len
-                self._context_window_from_server = True
             self._model = first.id
             return self._model
 
     async def _server_token_count(self, ep: _Endpoint, text: str) -> int | None:
-        """Token count from the server's /tokenize (vLLM shape, then llama.cpp shape)."""
+        """Token count from the server's /tokenize: vLLM's shape, then llama.cpp's."""
         client = self._aux_client()
-        bodies: list[dict[str, Any]] = [{"prompt": text, "add_special_tokens": False}, {"content": text}]
+        vllm_body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
         if self._model:
-            bodies[0]["model"] = self._model
+            vllm_body["model"] = self._model
         try:
-            for body in bodies:
-                resp = await client.post(f"{ep.root}/tokenize", json=body)
-                if resp.status_code != 200:
-                    continue
-                data = resp.json()
-                if isinstance(data.get("count"), int):
-                    ep.tokenize_supported = True
-                    return data["count"]
-                if isinstance(data.get("tokens"), list):
-                    ep.tokenize_supported = True
-                    return len(data["tokens"])
+            resp = await client.post(f"{ep.root}/tokenize", json=vllm_body)
+            if resp.status_code == 200 and isinstance(resp.json().get("count"), int):
+                ep.tokenize_supported = True
+                return resp.json()["count"]
+            resp = await client.post(f"{ep.root}/tokenize", json={"content": text})
+            tokens = resp.json().get("tokens") if resp.status_code == 200 else None
+            if isinstance(tokens, list) and (tokens or not text):
+                ep.tokenize_supported = True
+                return len(tokens)
         except (httpx.HTTPError, ValueError, AttributeError):
             return None  # transient: try again next time
         ep.tokenize_supported = False
