@@ -383,6 +383,8 @@ def cli(ctx: click.Context, url: str | None) -> None:
 
 
 def main() -> None:
+    import api.cli_batch  # noqa: F401  (registers `eval` and `dataset`)
+
     cli(prog_name="longform")
 
 

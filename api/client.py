@@ -215,3 +215,12 @@ class LongformClient:
 
     def get_document(self, document_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/documents/{document_id}")
+
+    # ---- datasets --------------------------------------------------------------------
+
+    def create_dataset(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start a dataset build; the answer lists `rejected_lines` of a JSONL source."""
+        return self._json("POST", "/v1/datasets", json=body)
+
+    def export_dataset(self, dataset_id: str, fmt: str = "longwriter") -> str:
+        return self._request("GET", f"/v1/datasets/{dataset_id}/export", params={"format": fmt}, timeout=300.0).text

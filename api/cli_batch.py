@@ -1,0 +1,172 @@
+"""Batch commands: `longform eval longbench-write` and `longform dataset build|export`.
+
+Both run real jobs through the REST API (so they use the server's workers, model pool and
+checkpoints); `eval --local` instead runs the agents in this process on the configured model.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api.cli import CliFailure, cli, follow_job, load_settings, make_client, note, report_outcome
+
+DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl"
+
+
+@cli.group("eval")
+def eval_group() -> None:
+    """Evaluate methods on a benchmark."""
+
+
+@eval_group.command("longbench-write")
+@click.option("--file", "prompt_file", type=click.Path(exists=True, dir_okay=False),
+              help="A LongBench-Write-format JSONL ({prompt, type, length} per line); default: the bundled 120 prompts.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["agentwrite", "single"]),
+              help="Method to run; repeatable (default: both, side by side).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N prompts.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Jobs in flight at once.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-longbench-write", show_default=True,
+              help="Directory for report.json, table.txt and plot.png.")
+@click.option("--local", is_flag=True, help="Run the agents in this process on the configured model instead of as API jobs.")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A write param for every item (e.g. temperature=0.5); repeatable.")
+@click.pass_context
+def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, local, pairs) -> None:
+    """Run LongBench-Write as write jobs and report S_l (and S_q when a judge is configured)
+    overall, by length bin and by type, for each method. The last line is one JSON object."""
+    from agents import evaluation
+    from api.cli import parse_params
+
+    try:
+        items = evaluation.load_prompt_set(prompt_file or DEFAULT_PROMPT_SET)
+    except evaluation.PromptSetError as exc:
+        raise CliFailure(str(exc), 2) from None
+    items = items[:limit] if limit else items
+    methods = list(methods) or list(evaluation.DEFAULT_METHODS)
+    write_params = parse_params(None, None, pairs)
+    run_item = _local_runner(write_params) if local else _api_runner(ctx, write_params)
+    done = {"n": 0}
+    total = len(items) * len(methods)
+
+    def on_outcome(outcome: dict[str, Any]) -> None:
+        done["n"] += 1
+        note(f"[{done['n']}/{total}] {outcome['method']:10s} #{outcome['index']:<3d} "
+             f"S_l={outcome.get('S_l') if outcome.get('S_l') is None else round(outcome['S_l'], 1)} "
+             f"words={outcome.get('word_count')}/{outcome.get('length')} {outcome.get('status', '')}")
+
+    started = time.monotonic()
+    report = asyncio.run(evaluation.run_prompt_set(items, run_item, methods, concurrency=concurrency, on_outcome=on_outcome))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = evaluation.render_table(report)
+    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot = evaluation.write_plot(report, out / "plot.png")
+    click.echo(table)
+    note(f"{total} runs in {time.monotonic() - started:.0f} s; report {out / 'report.json'}, plot {plot}")
+    click.echo(evaluation.summary_line(report))
+
+
+def _api_runner(ctx: click.Context, write_params: dict[str, Any]):
+    client = make_client(ctx)
+
+    async def run_item(item, method: str) -> dict[str, Any]:
+        params = {**write_params, "instruction": item.prompt, "target_words": item.length, "method": method}
+        job, _ = await asyncio.to_thread(client.submit_job, "write", params)
+        final = await asyncio.to_thread(client.wait_job, job["id"])
+        if final["status"] != "succeeded":
+            raise RuntimeError(f"job {job['id']} {final['status']}: {final.get('error')}")
+        return final["result"]
+
+    return run_item
+
+
+def _local_runner(write_params: dict[str, Any]):
+    from agents import evaluation
+    from agents.llm.factory import make_judge_client, make_llm_client
+
+    settings = load_settings()
+    return evaluation.local_runner(make_llm_client(settings), judge=make_judge_client(settings),
+                                   settings=settings, write_params=write_params)
+
+
+@cli.group("dataset")
+def dataset_group() -> None:
+    """Batch-build SFT datasets (LongWriter-6k style) from write jobs."""
+
+
+@dataset_group.command("build")
+@click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--seed", "seeds", multiple=True, help="A seed prompt to generate instructions from; repeatable (with --count).")
+@click.option("--count", type=click.IntRange(min=1), help="How many instructions to generate from the seeds.")
+@click.option("--method", type=click.Choice(["agentwrite", "single"]), default="agentwrite", show_default=True)
+@click.option("--format", "formats", multiple=True, type=click.Choice(["longwriter", "alpaca", "sharegpt"]),
+              help="Export format; repeatable (default: longwriter).")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A write param for every item; repeatable.")
+@click.option("--gate", "gate_pairs", multiple=True, metavar="KEY=VALUE", help="A quality-gate setting (e.g. length_tolerance=0.3); repeatable.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write the export here when the build ends.")
+@click.option("--no-watch", is_flag=True, help="Print the dataset job id and return.")
+@click.pass_context
+def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs, out_file, no_watch) -> None:
+    """Build a dataset from SOURCE, a JSONL of instructions ({"instruction"|"prompt", optional
+    "target_words"|"length"} per line), or from --seed prompts with --count."""
+    from api.cli import parse_params
+
+    if bool(source) == bool(seeds):
+        raise CliFailure("give a JSONL file of instructions, or --seed prompts with --count", 2)
+    if seeds and not count:
+        raise CliFailure("--count is required with --seed", 2)
+    body: dict[str, Any] = {
+        "write": {"method": method, **parse_params(None, None, pairs)},
+        "gates": parse_params(None, None, gate_pairs),
+        "formats": list(formats) or ["longwriter"],
+    }
+    if source:
+        raw = Path(source).read_bytes()
+        try:
+            body["jsonl"] = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliFailure(f"{source} is not UTF-8 (bad byte at offset {exc.start})", 2) from None
+    else:
+        body["seeds"], body["count"] = list(seeds), count
+    client = make_client(ctx)
+    job = client.create_dataset(body)
+    for bad in job.get("rejected_lines") or []:
+        note(f"{source}:{bad['line']}: skipped: {bad['error']}")
+    note(f"dataset job {job['id']}: {job['status']}")
+    if no_watch:
+        click.echo(job["id"])
+        return
+    final = follow_job(client, job["id"])
+    report_outcome(final)
+    result = final.get("result") or {}
+    if result.get("stats"):
+        note(json.dumps({k: result["stats"].get(k) for k in ("items", "kept", "gates") if k in result["stats"]}))
+    if final["status"] != "succeeded" and not out_file:
+        ctx.exit(1)
+    if out_file:
+        _export(client, final["id"], (list(formats) or ["longwriter"])[0], out_file)
+    click.echo(final["id"])
+
+
+@dataset_group.command("export")
+@click.argument("dataset_id")
+@click.option("--format", "fmt", type=click.Choice(["longwriter", "alpaca", "sharegpt"]), default="longwriter", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.pass_context
+def dataset_export(ctx, dataset_id, fmt, out_file) -> None:
+    """Export what passes the gates so far (works while running and after a cancel)."""
+    _export(make_client(ctx), dataset_id, fmt, out_file)
+
+
+def _export(client, dataset_id: str, fmt: str, out_file: str | None) -> None:
+    text = client.export_dataset(dataset_id, fmt)
+    if out_file:
+        Path(out_file).write_text(text, encoding="utf-8")
+        note(f"{text.count(chr(10))} records written to {out_file}")
+    else:
+        click.echo(text, nl=False)
