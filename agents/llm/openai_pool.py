@@ -536,6 +536,8 @@ def _request(kind: str, payload: Any, model: str, o: GenOptions) -> tuple[dict[s
     ):
         if value is not None:
             body[name] = value
+    if o.extra_body:
+        body.update(o.extra_body)
     request_options: dict[str, Any] = {}
     if o.sticky_key:
         request_options["headers"] = {"X-Session-ID": o.sticky_key}

@@ -28,7 +28,7 @@ _MAX_SCHEMA_IN_PROMPT_CHARS = 3000
 
 def json_candidates(text: str) -> Iterator[Any]:
     """JSON values found in a model reply, most likely first: the whole reply, fenced
-    blocks (```json ... ```), then the value starting at each `{` or `[`."""
+    blocks (```json ... ```), then each outermost value starting at a `{` or `[`."""
     stripped = text.strip()
     found = False
     for chunk in [stripped, *(m.group(1).strip() for m in _FENCE.finditer(stripped))]:
@@ -41,11 +41,14 @@ def json_candidates(text: str) -> Iterator[Any]:
     if found:
         return
     decoder = json.JSONDecoder()
+    covered = 0  # values nested in one already found are not candidates of their own
     for n, match in enumerate(re.finditer(r"[\[{]", stripped)):
         if n >= _MAX_SCAN_STARTS:
             break
+        if match.start() < covered:
+            continue
         try:
-            value, _ = decoder.raw_decode(stripped, match.start())
+            value, covered = decoder.raw_decode(stripped, match.start())
         except ValueError:
             continue
         yield value
@@ -67,15 +70,21 @@ def make_validator(schema: dict[str, Any]):
 
 def _validate(validator, text: str) -> tuple[Any, str | None]:
     """(value, None) for the first candidate that validates, else (None, the problem)."""
-    first_problem: str | None = None
     for value in json_candidates(text):
-        error = best_match(validator.iter_errors(value))
-        if error is None:
+        if best_match(validator.iter_errors(value)) is None:
             return value, None
-        if first_problem is None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            first_problem = f"it does not match the schema at {where}: {error.message[:300]}"
-    return None, first_problem or "it is not valid JSON"
+    # Explain the failure in terms of the reply itself, not of fragments found inside it.
+    stripped = text.strip()
+    fenced = _FENCE.search(stripped)
+    try:
+        value = json.loads(fenced.group(1).strip() if fenced else stripped)
+    except ValueError as exc:
+        return None, f"it is not valid JSON ({exc})"
+    error = best_match(validator.iter_errors(value))
+    if error is None:  # unreachable: a valid whole reply is the first candidate
+        return value, None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return None, f"it does not match the schema at {where}: {error.message[:300]}"
 
 
 def _repair_message(problem: str, schema: dict[str, Any]) -> Message:

@@ -24,6 +24,9 @@ class GenOptions:
     model: str | None = None  # override the configured model name
     sticky_key: str | None = None  # keep related requests (one job) on one replica
     timeout_s: float | None = None
+    # Other request fields for an OpenAI-compatible server, sent as they are (e.g. vLLM's
+    # chat_template_kwargs or ignore_eos). The embedded backend ignores them.
+    extra_body: dict[str, Any] | None = None
 
 
 @dataclass
