@@ -8,6 +8,11 @@ A llama.cpp context is not thread-safe, so every generation runs on one worker t
 at a time (a single-thread executor, plus a lock for good measure). Generation is streamed
 internally and checks a per-call cancel flag between tokens, so cancelling the asyncio task
 that awaits a call stops the model within one token instead of finishing the reply.
+
+Options: max_tokens, temperature, top_p, top_k, stop, seed, repetition_penalty (llama.cpp's
+repeat_penalty), min_tokens (end-of-sequence held back) and json_schema (a grammar built
+from the schema) apply; priority, sticky_key and extra_body mean nothing to a single
+in-process model and are ignored.
 """
 from __future__ import annotations
 
