@@ -140,7 +140,7 @@ async def test_backoff_is_exponential_with_full_jitter(fake_llm, pools, monkeypa
     assert len(times) == 5  # the first try and max_retries=4 retries
     gaps = [b - a for a, b in zip(times, times[1:])]
     for gap, cap in zip(gaps, [0.1, 0.2, 0.4, 0.5]):  # doubling, capped at backoff_max_s
-        assert cap * 0.9 <= gap <= cap + 0.3, gaps
+        assert cap - 0.05 <= gap <= cap + 0.5, gaps
     monkeypatch.undo()
     delays = [pool._retry_delay(3, LLMServerError("x")) for _ in range(200)]
     assert all(0 <= d <= 0.4 for d in delays) and max(delays) - min(delays) > 0.2  # jittered
@@ -282,9 +282,20 @@ async def test_least_outstanding_routing_balances_load(fake_llm_factory, pools):
     fast = dict(timing=True, max_num_seqs=16, decode_s_per_token=0.001)
     a, b = fake_llm_factory(**fast), fake_llm_factory(**fast)
     pool = pools([a.base_url, b.base_url], max_inflight=16)
+    # Saturated: both replicas full all the time.
     await asyncio.gather(*(pool.chat(ASK, GenOptions(max_tokens=40)) for _ in range(200)))
     counts = [served_by(a), served_by(b)]
-    assert sum(counts) == 200 and abs(counts[0] - counts[1]) <= 20
+    assert sum(counts) == 200 and abs(counts[0] - counts[1]) <= 30
+    # Light load, far below the limit: still spread (not "the first endpoint with room").
+    a.reset(), b.reset()
+    gate = asyncio.Semaphore(4)
+
+    async def one():
+        async with gate:
+            await pool.chat(ASK, GenOptions(max_tokens=20))
+
+    await asyncio.gather(*(one() for _ in range(60)))
+    assert 20 <= served_by(a) <= 40 and served_by(a) + served_by(b) == 60
 
 
 async def test_sticky_key_keeps_a_job_on_one_replica(fake_llm_factory, pools):
