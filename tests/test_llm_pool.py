@@ -350,7 +350,10 @@ async def test_metrics_count_requests_tokens_and_errors(fake_llm, pools):
     with pytest.raises(LLMServerError):
         await pools([url], max_retries=0).chat(ASK)
     assert REGISTRY.get_sample_value("longform_llm_errors_total", {"endpoint": url, "error": "LLMServerError"}) >= 1
-    checked = await pool.check()
+    fresh = pools([url])
+    assert fresh.model_name == ""
+    checked = await fresh.check()
+    assert fresh.model_name == "fake-model"
     assert checked[0]["up"] and set(checked[0]) >= {"endpoint", "up", "inflight", "max_inflight",
                                                      "consecutive_failures", "last_error"}
 

@@ -17,6 +17,9 @@ retries itself so it can fail over. Per call:
   a call waits for a probe to succeed, each wait costing one retry, then raises
   `LLMUnavailable`.
 
+`LLMResult.latency_s` is the whole call as the caller saw it (queueing and retries included);
+`attempts` counts the tries.
+
 Cancelling the calling task cancels the HTTP request, which closes the connection; vLLM
 aborts a request whose client disconnected, so no GPU time is wasted on it.
 """
@@ -224,13 +227,20 @@ class OpenAIPool:
         ]
 
     async def check(self) -> list[dict[str, Any]]:
-        """Probe every endpoint now (readiness); updates up/down state and returns health()."""
+        """Probe every endpoint now (readiness): updates up/down state, learns the model name
+        and context window if not known yet, and returns health()."""
         results = await asyncio.gather(*(self._probe(ep) for ep in self._endpoints))
         for ep, ok in zip(self._endpoints, results):
             if ok:
                 self._mark_up(ep)
             else:
                 self._mark_down(ep, ep.last_error or "probe failed")
+        up = [ep for ep in self._endpoints if ep.up]
+        if up and not self._model:
+            try:
+                await self._resolve_model(up[0])
+            except LLMError as err:
+                up[0].last_error = f"{type(err).__name__}: {err}"
         return self.health()
 
     # ----- the call loop -------------------------------------------------------------
