@@ -1,7 +1,8 @@
 """OpenAI-compatible backend over a pool of endpoints (vLLM replicas, llama.cpp servers, any API).
 
-One `openai.AsyncOpenAI` client per base URL, with the client's own retries off: the pool
-retries itself so it can fail over. Per call:
+Requests go through the official `openai.AsyncOpenAI` client (a few per base URL, each with
+a small connection pool, to keep per-request CPU low), with the client's own retries off:
+the pool retries itself so it can fail over. Per call:
 
 - Routing: the healthy endpoint with the fewest outstanding requests that is under its
   in-flight limit. With a sticky key (a job id) the endpoint is chosen by rendezvous hashing
