@@ -13,6 +13,7 @@ from agents import text as textutil
 from agents.llm import openai_pool
 from agents.llm.factory import make_judge_client, make_llm_client
 from agents.llm.openai_pool import OpenAIPool
+from agents.llm.tokens import SAFETY_MARGIN_TOKENS, count_message_tokens, fit_max_tokens
 from agents.llm.types import (
     GenOptions,
     LLMBadRequest,
@@ -113,6 +114,22 @@ async def test_count_tokens_falls_back_without_tokenize(fake_llm, pools):
     text = "Rivers carry water to the sea."
     assert await pool.count_tokens(text) == textutil.count_tokens(text)
     assert pool.health()[0]["up"]
+
+
+async def test_token_budget_fits_the_context_window(fake_llm, pools):
+    fake_llm.update(max_model_len=2048)
+    pool = pools([fake_llm.base_url])
+    await pool.check()  # learns max_model_len
+    messages = [{"role": "system", "content": "You are a careful writer."},
+                {"role": "user", "content": "Continue the story. " + "The river ran on. " * 150}]
+    room = await fit_max_tokens(pool, messages, 100_000)
+    prompt = await count_message_tokens(pool, messages)
+    assert room == 2048 - prompt - SAFETY_MARGIN_TOKENS and room > 0
+    # The server (which counts with the chat template) accepts exactly that budget.
+    result = await pool.chat(messages, GenOptions(max_tokens=room, min_tokens=room))
+    assert result.prompt_tokens + room <= 2048 and result.completion_tokens == room
+    with pytest.raises(LLMBadRequest):
+        await pool.chat(messages, GenOptions(max_tokens=2048))
 
 
 # ----- retries, backoff, typed errors ----------------------------------------------------
