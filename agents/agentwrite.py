@@ -43,6 +43,7 @@ SUGGESTED_SECTION_WORDS = 500
 
 CONTINUE_BELOW = 0.9  # a section under 90% of its budget is continued
 TRIM_ABOVE = 1.5  # a section over 150% of its budget is trimmed at a paragraph boundary
+TRIM_CUT_ABOVE = 1.1  # ... and one cut off at max_tokens already over 110%
 DEFAULT_MAX_TOKENS_PER_CALL = 4096  # the reference setting for plan and section calls
 SINGLE_MAX_TOKENS = 32768  # the single baseline asks for as much as the context allows, up to this
 # Output tokens per word/字, with headroom, to size max_tokens for a section. Generous on
@@ -62,26 +63,30 @@ TEMPLATES = {
     "zh": {"plan": "agentwrite/plan_zh.j2", "section": "agentwrite/section_zh.j2", "single": "agentwrite/single_zh.j2"},
 }
 
-PLAN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "sections": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": 2 * MAX_SECTIONS,  # bounds the reply; the count is repaired in code
-            "items": {
-                "type": "object",
-                "properties": {
-                    "title": {"type": "string"},
-                    "main_point": {"type": "string"},
-                    "words": {"type": "integer", "minimum": 0},
+def plan_schema(bounds: "PlanBounds") -> dict[str, Any]:
+    """The plan's JSON schema. Loose where code repairs (too few sections, budgets), but
+    bounded so a constrained decoder cannot run on (small models fill arrays up to
+    maxItems): at most the allowed number of sections, short strings."""
+    return {
+        "type": "object",
+        "properties": {
+            "sections": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": bounds.max_sections,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "title": {"type": "string", "minLength": 1, "maxLength": 120},
+                        "main_point": {"type": "string", "minLength": 1, "maxLength": 400},
+                        "words": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["title", "main_point", "words"],
                 },
-                "required": ["title", "main_point", "words"],
-            },
-        }
-    },
-    "required": ["sections"],
-}
+            }
+        },
+        "required": ["sections"],
+    }
 
 
 class EmptyModelOutput(LLMError):
@@ -226,8 +231,8 @@ def repair_plan(raw_sections: list[dict[str, Any]], target: int) -> tuple[list[d
         i = min(range(len(sections) - 1), key=lambda k: sections[k]["words"] + sections[k + 1]["words"])
         a, b = sections[i], sections[i + 1]
         sections[i:i + 2] = [{
-            "title": f"{a['title']} / {b['title']}",
-            "main_point": f"{a['main_point']} {b['main_point']}",
+            "title": a["title"] if b["title"] in a["title"] else f"{a['title']} / {b['title']}",
+            "main_point": a["main_point"] if b["main_point"] in a["main_point"] else f"{a['main_point']} {b['main_point']}",
             "words": a["words"] + b["words"],
         }]
         merged += 1
@@ -319,7 +324,7 @@ async def make_plan(ctx: JobContext, params: WriteParams, target: int, language:
         if room < MIN_OUTPUT_TOKENS:
             raise LLMBadRequest(f"the instruction does not fit the model's {ctx.llm.context_window}-token context")
         options = _options(params, params.plan_model or params.write_model, min(wanted, room))
-        value, _ = await chat_json(ctx.llm, messages, PLAN_SCHEMA, options)
+        value, _ = await chat_json(ctx.llm, messages, plan_schema(bounds), options)
         sections, repairs = repair_plan(value["sections"], target)
         return {"sections": sections, "repairs": repairs, "planned_by": "model"}
 
@@ -512,8 +517,11 @@ async def write_section(
         if count_words(text) >= CONTINUE_BELOW * budget:
             break
 
+    # Trim one far over budget; and one cut off at max_tokens that is over budget at all
+    # (it has no real ending to keep, and a rambling model would otherwise inflate the piece).
     trimmed = False
-    if count_words(text) > TRIM_ABOVE * budget:
+    words = count_words(text)
+    if words > TRIM_ABOVE * budget or (finish == "length" and words > TRIM_CUT_ABOVE * budget):
         text, trimmed = trim_to_budget(text, budget), True
     return {
         "title": section["title"],

@@ -161,7 +161,7 @@ def test_repair_fixes_counts():
     assert len(one) == 10 and sum(s["words"] for s in one) == 10_000
     assert all(s["words"] <= 1000 for s in one)
     assert one[0]["title"].startswith("Only (part")
-    many = repair_plan([{"title": f"T{i}", "main_point": "p", "words": 20} for i in range(80)], 3000)[0]
+    many = repair_plan([{"title": f"T{i}", "main_point": f"p{i}", "words": 20} for i in range(80)], 3000)[0]
     assert len(many) == plan_bounds(3000).max_sections == 15
     assert sum(s["words"] for s in many) == 3000
     # Missing budgets and empty sections.
@@ -258,7 +258,7 @@ async def test_empty_output_raises_and_is_not_stored():
 
 async def test_resume_writes_only_missing_sections_and_replays_exactly():
     store = MemoryStepStore()
-    plan = [200] * 20
+    plan = [200] * 20  # 4,000 words allow at most 20 sections
     llm = ScriptedWriter(plan_words=plan, fail_on_call=1 + 12)  # the plan, 11 sections, then a crash
     with pytest.raises(RuntimeError):
         await agentwrite.run(_ctx(llm, store=store), WriteParams(instruction="Write", target_words=4000))
@@ -431,3 +431,53 @@ def test_longbench_write_120_prompts_on_the_fake_server(fake_llm):
     assert all(report["methods"]["agentwrite"]["by_length"][b]["S_l"] >= 85 for b in report["bins"])
     # One call cannot reach long targets: the baseline collapses on the [4k,20k] bin.
     assert single["by_length"]["[4k,20k]"]["S_l"] < 20 and single["overall"]["S_l"] < agentwrite_s_l
+
+
+# -- the real embedded model ------------------------------------------------------------------------
+
+
+class _Recording:
+    """Passes calls through to a real client and keeps the prompts."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.context_window = inner.context_window
+        self.prompts: list[str] = []
+
+    async def chat(self, messages, options=None):
+        self.prompts.append(messages[-1]["content"])
+        return await self.inner.chat(messages, options)
+
+    async def complete(self, prompt, options=None):
+        return await self.inner.complete(prompt, options)
+
+    async def count_tokens(self, text):
+        return await self.inner.count_tokens(text)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+@pytest.mark.model
+@pytest.mark.timeout(3600)  # ~80 tokens/s on 2 idle cores; much slower when they are shared
+async def test_real_embedded_model_writes_1500_words_following_the_plan():
+    from agents.llm.embedded import EmbeddedLlama
+
+    llm = _Recording(EmbeddedLlama(n_ctx=8192))
+    store = MemoryStepStore()
+    try:
+        result = await agentwrite.run(JobContext(llm, store=store, job_id="real"),
+                                      WriteParams(instruction="Write a 1500-word article about the history of tea.", seed=1))
+    finally:
+        await llm.aclose()
+    plan, sections = result["plan"], result["sections"]
+    print(json.dumps({"word_count": result["word_count"], "plan": plan, "sections": sections}, indent=1))
+    assert result["target_words"] == 1500 and 1200 <= result["word_count"] <= 1800
+    assert len(sections) == len(plan) >= 2 and sum(s["words"] for s in plan) == 1500
+    for i, (planned, written) in enumerate(zip(plan, sections), 1):
+        assert written["title"] == planned["title"] and written["target_words"] == planned["words"]
+        assert 0.5 * planned["words"] <= written["words"] <= 1.6 * planned["words"]
+        first_call = next(p for p in llm.prompts if f"Write section {i} of {len(plan)} now" in p)
+        assert f'"{planned["title"]}" ({planned["main_point"]})' in first_call
+    assert set(store.outputs) == {"plan", *(f"section/{i}" for i in range(1, len(plan) + 1))}
