@@ -11,12 +11,13 @@ from __future__ import annotations
 from agents.llm.types import LLMClient, Message
 
 MESSAGE_OVERHEAD_TOKENS = 8
+REPLY_PRIMER_TOKENS = 4  # the assistant header the template appends for the reply
 SAFETY_MARGIN_TOKENS = 16  # slack for tokenizer mismatch when the count is approximate
 
 
 async def count_message_tokens(client: LLMClient, messages: list[Message]) -> int:
-    """Prompt tokens of a chat request, template overhead included."""
-    total = 0
+    """Prompt tokens of a chat request, template overhead included (an upper estimate)."""
+    total = REPLY_PRIMER_TOKENS
     for message in messages:
         total += await client.count_tokens(message.get("content") or "") + MESSAGE_OVERHEAD_TOKENS
     return total
