@@ -93,3 +93,72 @@ async def test_judge_response_too_long_is_missing():
     judge = Judge([], context_window=500)
     out = await judge_quality(judge, "Write", "word " * 1000)
     assert out["status"] == "missing" and "too long" in out["error"] and judge.calls == []
+
+
+# -- evaluation report ---------------------------------------------------------------------------------
+
+from agents.evaluation import (  # noqa: E402
+    PromptSetError,
+    build_report,
+    length_bin,
+    load_prompt_set,
+    render_table,
+    run_prompt_set,
+    summary_line,
+    write_plot,
+)
+
+
+def test_load_prompt_set(tmp_path):
+    items = load_prompt_set("/work/shared/data/longbench_write/longbench_write.jsonl")
+    assert len(items) == 120 and items[0].length == 100 and items[0].index == 0
+    assert [sum(1 for i in items if length_bin(i.length) == b) for b in ("[0,500)", "[500,2k)", "[2k,4k)", "[4k,20k]")] == [26, 36, 31, 27]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "length": 10}\n{oops\n\n{"prompt": "", "length": 5}\n{"prompt": "b", "length": 0}\n')
+    with pytest.raises(PromptSetError) as err:
+        load_prompt_set(bad)
+    assert "line 2" in str(err.value) and "line 4" in str(err.value) and "line 5" in str(err.value)
+
+
+async def test_run_prompt_set_builds_the_report(tmp_path):
+    from agents.evaluation import EvalItem
+
+    items = [EvalItem(0, "p0", "News", 100), EvalItem(1, "p1", "News", 1000),
+             EvalItem(2, "p2", "Story", 3000), EvalItem(3, "p3", "Story", 8000)]
+
+    async def run_item(item, method):
+        if method == "single" and item.index == 3:
+            raise RuntimeError("model down")
+        words = item.length if method == "agentwrite" else item.length // 2
+        status = "missing" if item.index == 1 else "scored"
+        quality = {d: 4 if method == "agentwrite" else 2 for d in QUALITY_DIMENSIONS} if status == "scored" else None
+        return {"word_count": words, "scores": {"quality_status": status, "quality": quality}}
+
+    seen = []
+    report = await run_prompt_set(items, run_item, ("agentwrite", "single"), concurrency=2, on_outcome=seen.append)
+    assert len(seen) == 8
+    aw, single = report["methods"]["agentwrite"], report["methods"]["single"]
+    assert aw["overall"]["S_l"] == 100.0 and aw["overall"]["failed"] == 0
+    assert single["overall"]["failed"] == 1 and single["overall"]["S_l"] == pytest.approx((50 * 3 + 0) / 4)
+    assert aw["overall"]["judged"] == 3 and aw["overall"]["missing"] == 1 and aw["overall"]["S_q"] == 75.0
+    assert single["overall"]["S_q"] == 25.0 and single["overall"]["judged"] == 2  # the failed item is not judged
+    assert aw["overall"]["S"] == pytest.approx((100 + 75) / 2)
+    assert single["by_length"]["[4k,20k]"] ["S_l"] == 0.0 and aw["by_length"]["[500,2k)"]["n"] == 1
+    assert set(aw["by_type"]) == {"News", "Story"}
+    table = render_table(report)
+    assert "agentwrite" in table and "[2k,4k)" in table and "S_q by type" in table
+    line = summary_line(report)
+    assert json.loads(line) == {"agentwrite": {"S_l": 100.0, "S_q": 75.0, "S": 87.5},
+                                "single": {"S_l": 37.5, "S_q": 25.0, "S": 31.25}}
+    png, svg = write_plot(report, tmp_path / "eval.png"), write_plot(report, tmp_path / "eval.svg")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:500]
+    with pytest.raises(ValueError):
+        write_plot(report, tmp_path / "eval.pdf")
+
+
+def test_report_without_judge_has_no_quality_columns():
+    rows = [{"index": 0, "prompt": "p", "type": "T", "length": 100, "method": "agentwrite", "word_count": 90,
+             "S_l": 94.4, "quality": None, "quality_status": "not_configured", "error": None}]
+    report = build_report(rows)
+    assert json.loads(summary_line(report)) == {"agentwrite": {"S_l": 94.4}}
+    assert "S_q" not in render_table(report)
