@@ -239,19 +239,18 @@ def repair_plan(raw_sections: list[dict[str, Any]], target: int) -> tuple[list[d
     if merged:
         notes.append(f"merged sections {merged} time(s) to keep at most {bounds.max_sections}")
 
-    split = 0
-    while len(sections) < bounds.min_sections:
-        # Split the section with the largest budget (the first such) into two halves.
-        i = max(range(len(sections)), key=lambda k: sections[k]["words"])
-        s = sections[i]
-        base = re.sub(r" \(part \d+\)$", "", s["title"])
-        sections[i:i + 1] = [
-            {"title": f"{base} (part 1)", "main_point": f"{s['main_point']} (first half)", "words": s["words"] / 2},
-            {"title": f"{base} (part 2)", "main_point": f"{s['main_point']} (second half)", "words": s["words"] / 2},
+    if len(sections) < bounds.min_sections:
+        # Split: give one more part at a time to the section with the largest budget per part.
+        parts = [1] * len(sections)
+        for _ in range(bounds.min_sections - len(sections)):
+            i = max(range(len(sections)), key=lambda k: sections[k]["words"] / parts[k])
+            parts[i] += 1
+        notes.append(f"split sections into {bounds.min_sections} to have at least {bounds.min_sections}")
+        sections = [
+            {"title": f"{s['title']} (part {k} of {n})", "main_point": f"{s['main_point']} (part {k} of {n})",
+             "words": s["words"] / n} if n > 1 else s
+            for s, n in zip(sections, parts) for k in range(1, n + 1)
         ]
-        split += 1
-    if split:
-        notes.append(f"split sections {split} time(s) to have at least {bounds.min_sections}")
 
     stated = round(sum(s["words"] for s in sections))
     budgets = distribute_budget([s["words"] for s in sections], target, bounds.section_min, bounds.section_max)
