@@ -377,22 +377,23 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def trim_to_budget(text: str, budget: int) -> str:
-    """Cut at the paragraph boundary whose running word count is closest to `budget` (keeping
-    at least one paragraph); a single long paragraph is cut at the closest sentence end."""
+    """Cut at the paragraph boundary whose running word count is closest to `budget` (at
+    least one paragraph); when that is still more than 25% off, at the closest sentence end."""
     paragraphs = split_paragraphs(text)
-    if len(paragraphs) > 1:
-        best, best_gap, running = 1, None, 0
-        for k, p in enumerate(paragraphs, 1):
-            running += count_words(p)
-            gap = abs(running - budget)
-            if best_gap is None or gap < best_gap:
-                best, best_gap = k, gap
-        return "\n\n".join(paragraphs[:best])
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    best, best_gap, running = 1, None, 0
+    for k, p in enumerate(paragraphs, 1):
+        running += count_words(p)
+        gap = abs(running - budget)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = k, gap
+    cut = "\n\n".join(paragraphs[:best])
+    if best_gap is None or best_gap <= 0.25 * budget:
+        return cut or text
+    ends = [m.end() for m in _SENTENCE_END.finditer(cut)]
     if not ends:
-        return text
-    cut = min(ends, key=lambda e: abs(count_words(text[:e]) - budget))
-    return text[:cut].rstrip()
+        return cut
+    end = min(ends, key=lambda e: abs(count_words(cut[:e]) - budget))
+    return cut[:end].rstrip() if abs(count_words(cut[:end]) - budget) < best_gap else cut
 
 
 # -- writing -----------------------------------------------------------------------------------

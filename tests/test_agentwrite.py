@@ -193,6 +193,8 @@ def test_label_stripping_and_trimming():
     text = "\n\n".join(" ".join(["w"] * 99 + ["end."]) for _ in range(10))  # 10 x 100 words
     assert count_words(trim_to_budget(text, 420)) == 400
     assert count_words(trim_to_budget(text, 20)) == 100  # never below one paragraph
+    long_paragraph = " ".join(["Word word word word word word word word word end."] * 40) + "\n\nMore text here."
+    assert count_words(trim_to_budget(long_paragraph, 150)) == 150  # falls back to a sentence end
 
 
 # -- running ----------------------------------------------------------------------------------------
