@@ -142,7 +142,7 @@ async def generate_instructions(
         raise ValueError("give at least one non-empty seed prompt")
     if count < 1:
         raise ValueError("count must be at least 1")
-    per_call = max(1, min(per_call, count))
+    per_call = max(1, min(per_call, math.ceil(count / len(seeds))))  # every seed gets a call
 
     async def batch(k: int) -> list[dict[str, Any]]:
         seed = seeds[k % len(seeds)]
@@ -166,8 +166,11 @@ async def generate_instructions(
     while len(out) < count and next_call < max_calls:
         calls = min(math.ceil((count - len(out)) / per_call), max_calls - next_call)
         results = await asyncio.gather(*(batch(k) for k in range(next_call, next_call + calls)))
-        for k, generated in zip(range(next_call, next_call + calls), results):
-            for g in generated:
+        # Take at most per_call from each call, interleaved, so every seed is represented.
+        interleaved = [(k, batch_items[j]) for j in range(per_call)
+                       for k, batch_items in zip(range(next_call, next_call + calls), results) if j < len(batch_items)]
+        for k, g in interleaved:
+            if isinstance(g, dict):
                 text = str(g.get("instruction", "")).strip()
                 key = normalize_text(text)
                 if not key or key in seen or len(out) >= count:
