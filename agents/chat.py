@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from agents.context import JobContext
+from agents.llm.structured import chat_json
 from agents.llm.types import GenOptions
 
 
@@ -21,8 +22,20 @@ class ChatParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] | None = None
     seed: int | None = None
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = None  # the reply must validate; result.json holds it
     model: str | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            from jsonschema import Draft202012Validator, SchemaError
+
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from None
+        return schema
 
     @field_validator("messages")
     @classmethod
@@ -45,9 +58,13 @@ async def run(ctx: JobContext, params: ChatParams) -> dict[str, Any]:
     messages = [m.model_dump() for m in params.messages]
 
     async def call() -> dict[str, Any]:
-        result = await ctx.llm.chat(messages, options)
+        if params.json_schema is not None:  # validated on our side too, repaired or retried
+            value, result = await chat_json(ctx.llm, messages, params.json_schema, options)
+        else:
+            value, result = None, await ctx.llm.chat(messages, options)
         return {
             "text": result.text,
+            **({"json": value} if params.json_schema is not None else {}),
             "finish_reason": result.finish_reason,
             "model": result.model,
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},

@@ -173,3 +173,14 @@ class TestKeys:
             assert b.get("/v1/jobs").json()["total"] == 0
             assert root.get(f"/v1/jobs/{job_id}").status_code == 200
             assert root.get("/v1/jobs").json()["total"] == 1
+
+
+def test_a_chat_job_with_a_json_schema_returns_validated_json(api):
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "points": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4}}, "required": ["title", "points"]}
+    params = {"messages": [{"role": "user", "content": "Outline a talk on tides as JSON."}], "json_schema": schema}
+    job = wait_for_job(api, api.post("/v1/jobs", json={"kind": "chat", "params": params}).json()["id"])
+    assert job["status"] == "succeeded", job
+    value = job["result"]["json"]
+    assert isinstance(value["title"], str) and 2 <= len(value["points"]) <= 4
+    bad = api.post("/v1/jobs", json={"kind": "chat", "params": {**params, "json_schema": {"type": "nonsense"}}})
+    assert bad.status_code == 422 and "not a valid JSON schema" in bad.json()["detail"]
