@@ -172,17 +172,23 @@ def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> tup
     return row.kind, row.params, row.priority
 
 
-def heartbeat(session: Session, job_id: str, worker: str) -> bool:
-    """Renew the lease; returns whether cancel was requested (or the lease was lost)."""
-    result = session.execute(
+def heartbeat(session: Session, worker: str, job_ids: Iterable[str]) -> set[str]:
+    """Renew the leases of the jobs this worker runs (one UPDATE for all of them).
+
+    Returns the jobs it must stop: cancel requested, or the lease lost to another worker.
+    """
+    job_ids = list(job_ids)
+    if not job_ids:
+        return set()
+    session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .where(Job.id.in_(job_ids), Job.worker == worker, Job.status == "running")
         .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
-        return True
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    rows = session.execute(select(Job.id, Job.cancel_requested, Job.worker, Job.status).where(Job.id.in_(job_ids)))
+    keep = {job_id for job_id, cancel, owner, status in rows if not cancel and owner == worker and status == "running"}
+    return set(job_ids) - keep
 
 
 def set_progress(session: Session, job_id: str, progress: float, detail: dict[str, Any]) -> None:

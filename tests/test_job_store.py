@@ -58,7 +58,8 @@ def test_a_job_is_claimed_once_and_taken_over_after_its_lease_runs_out(database_
         job = repo.get_job(s, job_id)
         assert job.worker == "w2" and job.runs == 2
     with db.session() as s:
-        assert repo.heartbeat(s, job_id, "w1") is True  # w1 lost the job: it must stop
+        assert repo.heartbeat(s, "w1", [job_id]) == {job_id}  # w1 lost the job: it must stop
+        assert repo.heartbeat(s, "w2", [job_id]) == set()
 
 
 def test_queue_order_is_priority_then_age(database_url):

@@ -50,6 +50,7 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self.runtime = WorkerRuntime(settings)
         self.runtime.enqueue = enqueue
+        self.runtime.prepare()
         self.thread = threading.Thread(target=self.loop.run_forever, name="longform-jobs", daemon=True)
         self.thread.start()
 

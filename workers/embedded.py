@@ -62,6 +62,7 @@ class EmbeddedWorker:
             self._loop.close()
 
     async def _main(self) -> None:
+        self.runtime.prepare()
         capacity = self.settings.worker_concurrency
         while not self._stopping:
             free = capacity - len(self.tasks)

@@ -46,6 +46,9 @@ class WorkerRuntime:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # How a job created here becomes runnable: a Celery task, or a wake-up of the embedded worker.
         self.enqueue: Callable[[str, int], None] = lambda job_id, priority: None
+        # Jobs running here, each with its agent task and cancel flag; one lease keeper renews them all.
+        self._active: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}
+        self._keeper: asyncio.Task | None = None
 
     @property
     def llm(self) -> LLMClient:
@@ -63,6 +66,10 @@ class WorkerRuntime:
             self._judge = make_judge_client(self.settings)
             self._judge_made = True
         return self._judge
+
+    def prepare(self) -> None:
+        """Build the model clients at start-up (imports, configuration errors) rather than in the first job."""
+        _ = self.llm, self.judge
 
     async def aclose(self) -> None:
         for client in (self._llm, self._judge):
@@ -105,7 +112,8 @@ class WorkerRuntime:
         )
         ctx.runtime = self  # the dataset kind spawns child jobs through it
         agent = asyncio.create_task(kind.runner()(ctx, params), name=f"job-{job_id}")
-        keeper = asyncio.create_task(self._keep_lease(job_id, agent, cancel_flag))
+        self._active[job_id] = (agent, cancel_flag)
+        self._ensure_keeper()
         deadline = time.monotonic() + time_slice_s if time_slice_s else None
         try:
             if deadline is None:
@@ -118,7 +126,7 @@ class WorkerRuntime:
             await asyncio.shield(self._db(repo.release_job, job_id, self.worker_id))
             raise
         finally:
-            keeper.cancel()
+            self._active.pop(job_id, None)
 
         if not agent.done():  # time slice over: checkpoints are kept, another task resumes it
             agent.cancel()
@@ -127,19 +135,26 @@ class WorkerRuntime:
             return RELEASED
         return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
 
-    async def _keep_lease(self, job_id: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> None:
+    def _ensure_keeper(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_leases(), name="lease-keeper")
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of every job running here in one statement, and stop the jobs that
+        were cancelled or taken over. One write per interval, however many jobs run."""
         interval = max(0.2, min(1.0, self.settings.job_lease_seconds / 4))
-        while not agent.done():
+        while self._active:
             await asyncio.sleep(interval)
             try:
-                stop = await self._db(repo.heartbeat, job_id, self.worker_id)
-            except Exception:  # a database hiccup must not kill the job; the next beat retries
-                log.exception("heartbeat failed for job %s", job_id)
+                to_stop = await self._db(repo.heartbeat, self.worker_id, list(self._active))
+            except Exception:  # a database hiccup must not kill the jobs; the next beat retries
+                log.exception("heartbeat failed")
                 continue
-            if stop:
-                cancel_flag.set()
-                agent.cancel()  # closes in-flight model calls; finished steps stay stored
-                return
+            for job_id in to_stop:
+                if job_id in self._active:
+                    agent, cancel_flag = self._active[job_id]
+                    cancel_flag.set()
+                    agent.cancel()  # closes in-flight model calls; finished steps stay stored
 
     async def _record_outcome(self, job_id: str, kind: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> str:
         if agent.cancelled() or isinstance(agent.exception(), JobCancelled) or cancel_flag.is_set():
