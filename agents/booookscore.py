@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.context import JobContext
 from agents.llm.structured import chat_json, json_candidates
-from agents.llm.tokens import fit_max_tokens
 from agents.llm.types import GenOptions, LLMClient, LLMResult, StructuredOutputError
 from agents.sentences import split_sentences
+from agents.summarize.nodes import room_for_answer
 
 LABELS = (
     "entity omission",
@@ -419,7 +419,7 @@ async def _ask(
     """One ask: (parsed JSON or None, reply text or the schema failure). Temperature 0 first,
     as in the paper; later asks sample, so a stubborn judge can answer differently."""
     messages = [{"role": "user", "content": prompt}]
-    room = await fit_max_tokens(client, messages, max_tokens)
+    room = await room_for_answer(client, messages, max_tokens)
     if room < 16:
         raise ValueError(f"the judge prompt does not fit the judge's {client.context_window}-token context")
     options = GenOptions(max_tokens=room, temperature=0.0 if attempt == 0 else 0.7, seed=seed + attempt)

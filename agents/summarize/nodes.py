@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from agents.context import JobContext
 from agents.llm.tokens import fit_max_tokens
-from agents.llm.types import GenOptions, LLMError, LLMResult
+from agents.llm.types import GenOptions, LLMClient, LLMError, LLMResult
 from agents.sentences import sentence_spans
 from agents.summarize.budgets import FINAL_TOLERANCE, BudgetError, within_target
 from agents.text import count_tokens, count_words
@@ -85,15 +85,15 @@ def node_output(text: str, calls: int, attempts: int, problem: str | None, **ext
     }
 
 
-async def _room(ctx: JobContext, messages: list[dict[str, str]], max_tokens: int) -> int:
+async def room_for_answer(client: LLMClient, messages: list[dict[str, str]], max_tokens: int) -> int:
     """max_tokens, lowered if the prompt (in the model's own tokens) leaves less room.
 
     The budgets are planned in cl100k tokens with a margin; asking the server to count
     (an extra request for HTTP backends) is only worth it when the prompt is near the limit."""
     estimate = sum(count_tokens(m["content"]) for m in messages)
-    if estimate * TOKENIZER_WORST_CASE + max_tokens + 64 <= ctx.llm.context_window:
+    if estimate * TOKENIZER_WORST_CASE + max_tokens + 64 <= client.context_window:
         return max_tokens
-    return await fit_max_tokens(ctx.llm, messages, max_tokens)
+    return await fit_max_tokens(client, messages, max_tokens)
 
 
 def spread_factors(n: int) -> list[float]:
@@ -130,7 +130,7 @@ async def generate(
 
     async def call(asked: int, seed: int, temperature: float) -> tuple[str, str | None, int]:
         messages = [{"role": "user", "content": render(asked)}]
-        room = await _room(ctx, messages, max_tokens)
+        room = await room_for_answer(ctx.llm, messages, max_tokens)
         if room < min(max_tokens, 64):
             raise BudgetError(
                 f"{key}: the prompt leaves {room} tokens for the answer in the model's "
