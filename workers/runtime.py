@@ -127,6 +127,8 @@ class WorkerRuntime:
             raise
         finally:
             self._active.pop(job_id, None)
+            if not self._active and self._keeper is not None:
+                self._keeper.cancel()  # nothing left to keep; the next job starts a new keeper
 
         if not agent.done():  # time slice over: checkpoints are kept, another task resumes it
             agent.cancel()
