@@ -330,13 +330,14 @@ async def make_plan(ctx: JobContext, params: WriteParams, target: int, language:
     return await ctx.step("plan", call_planner)
 
 
-def _options(params: WriteParams, model: str | None, max_tokens: int) -> GenOptions:
+def _options(params: WriteParams, model: str | None, max_tokens: int, priority: int | None = None) -> GenOptions:
     return GenOptions(
         max_tokens=max_tokens,
         temperature=params.temperature,
         top_p=params.top_p,
         seed=params.seed,
         model=model,
+        priority=priority,
     )
 
 
@@ -496,7 +497,10 @@ async def write_section(
                 )
         prior = await fit_prior(ctx, previous, room_for_prior)
         compacted = compacted or prior.compacted
-        result = await ctx.llm.chat(render(prior, more), _options(params, params.write_model, wanted))
+        # Sections still to write after this call: a long chain goes first, so a batch ends together.
+        urgency = len(plan) - index + 1
+        options = _options(params, params.write_model, wanted, ctx.request_priority(urgency))
+        result = await ctx.llm.chat(render(prior, more), options)
         calls += 1
         piece = result.text.strip()
         if not text:

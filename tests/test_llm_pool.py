@@ -108,6 +108,18 @@ async def test_count_tokens_uses_the_server_tokenizer(fake_llm, pools):
     assert fake_llm.stats()["requests_by_path"].get("/tokenize", 0) >= 1
 
 
+async def test_count_tokens_calibrates_then_estimates_an_upper_bound(fake_llm, pools):
+    pool = pools([fake_llm.base_url])
+    texts = [f"Chapter {i}. " + "The mill wheel turned slowly in the cold water. " * (20 + i) for i in range(40)]
+    counts = [await pool.count_tokens(t) for t in texts]
+    server = [httpx.post(f"{fake_llm.root_url}/tokenize", json={"prompt": t}).json()["count"] for t in texts]
+    assert counts[:8] == server[:8]  # calibration samples are exact
+    assert all(c >= s for c, s in zip(counts, server))  # afterwards an upper estimate ...
+    assert all(c <= s * 1.05 + 8 for c, s in zip(counts, server))  # ... and a tight one
+    tokenize_calls = fake_llm.stats()["requests_by_path"].get("/tokenize", 0) - len(texts)  # ours, not the check's
+    assert 8 <= tokenize_calls <= 8 + 2  # not one round trip per count
+
+
 async def test_count_tokens_falls_back_without_tokenize(fake_llm, pools):
     # A base URL whose root serves no /tokenize (like a hosted API): the local approximation.
     pool = pools([fake_llm.root_url + "/nowhere/v1"])
@@ -122,6 +134,7 @@ async def test_token_budget_fits_the_context_window(fake_llm, pools):
     await pool.check()  # learns max_model_len
     messages = [{"role": "system", "content": "You are a careful writer."},
                 {"role": "user", "content": "Continue the story. " + "The river ran on. " * 150}]
+    await count_message_tokens(pool, messages)  # calibrates the local count against /tokenize
     room = await fit_max_tokens(pool, messages, 100_000)
     prompt = await count_message_tokens(pool, messages)
     assert room == 2048 - prompt - SAFETY_MARGIN_TOKENS and room > 0

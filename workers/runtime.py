@@ -104,7 +104,7 @@ class WorkerRuntime:
             events=DbEventSink(self.db, job_id),
             settings=self.settings,
             job_id=job_id,
-            priority=priority,
+            priority=priority if self.settings.llm_priority_scheduling else None,
             is_cancelled=cancel_flag.is_set,
             judge=self.judge,
             load_document=self._load_document,

@@ -119,6 +119,11 @@ class _Waiter:
 
 
 _FULL = object()  # sentinel: endpoints are up but at their in-flight limit
+# count_tokens: texts of at least this many local tokens calibrate the server/local ratio.
+MIN_CALIBRATION_TOKENS = 64
+CALIBRATION_SAMPLES = 8
+RECHECK_EVERY = 64
+SMALL_TEXT_SLACK_TOKENS = 4
 
 
 class OpenAIPool:
@@ -158,6 +163,10 @@ class OpenAIPool:
         self._model_lock: asyncio.Lock | None = None
         self._probe_task: asyncio.Task | None = None
         self._aux: httpx.AsyncClient | None = None  # probes and /tokenize
+        # Token-count calibration against the server's tokenizer (see count_tokens).
+        self._token_ratio: float | None = None
+        self._calibration_samples = 0
+        self._token_counts = 0
         self._closed = False
 
     # ----- LLMClient -----------------------------------------------------------------
@@ -181,18 +190,35 @@ class OpenAIPool:
         return await self._call("completion", prompt, options or GenOptions())
 
     async def count_tokens(self, text: str) -> int:
-        """The server's tokenizer (vLLM or llama.cpp `/tokenize`) when it has one, else
-        `agents.text.count_tokens` (cl100k_base: an approximation, since other models'
-        tokenizers split text differently; budgets built on it keep a margin)."""
-        for ep in self._endpoints:
-            if ep.up and ep.tokenize_supported is not False:
-                count = await self._server_token_count(ep, text)
-                if count is not None:
-                    return count
-                break
+        """Tokens of `text` for budgets, as an upper estimate in the model's tokenizer.
+
+        With a server `/tokenize` (vLLM, llama.cpp), the first CALIBRATION_SAMPLES counts of
+        sizeable texts come from it, and so does every RECHECK_EVERY-th after that; the rest
+        are the local cl100k_base count scaled by the largest server/local ratio seen (plus a
+        few tokens), so a budget check costs no round trip. Short texts are always estimated
+        that way. Without `/tokenize` it is the plain cl100k count (an approximation: budgets
+        built on it keep a margin)."""
+        if not text:
+            return 0
         if len(text) > 200_000:  # a whole book: keep the event loop responsive
-            return await asyncio.to_thread(textutil.count_tokens, text)
-        return textutil.count_tokens(text)
+            local = await asyncio.to_thread(textutil.count_tokens, text)
+        else:
+            local = textutil.count_tokens(text)
+        endpoint = next((ep for ep in self._endpoints if ep.up and ep.tokenize_supported is not False), None)
+        if endpoint is None:
+            return local
+        if local < MIN_CALIBRATION_TOKENS:  # short: estimated, the slack covers the difference
+            return local if self._token_ratio is None else math.ceil(local * self._token_ratio) + SMALL_TEXT_SLACK_TOKENS
+        self._token_counts += 1
+        if self._calibration_samples < CALIBRATION_SAMPLES or self._token_counts % RECHECK_EVERY == 0:
+            exact = await self._server_token_count(endpoint, text)
+            if exact is not None:
+                self._token_ratio = max(self._token_ratio or 0.0, exact / local)
+                self._calibration_samples += 1
+                return exact
+        if self._token_ratio is None:
+            return local
+        return math.ceil(local * self._token_ratio) + SMALL_TEXT_SLACK_TOKENS
 
     async def aclose(self) -> None:
         self._closed = True
