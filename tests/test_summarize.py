@@ -291,6 +291,51 @@ async def test_a_model_that_cannot_write_long_enough_is_reported(fake_llm_factor
         await pool.aclose()
 
 
+class Rambler:
+    """A model that never stops by itself: every answer runs to max_tokens."""
+
+    model_name, context_window = "rambler", 8192
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def chat(self, messages, options: GenOptions | None = None) -> LLMResult:
+        self.calls += 1
+        text = " ".join(f"Sentence {i} of a story that goes on and on." for i in range(options.max_tokens))
+        words = text.split()[: options.max_tokens]  # about a token per word: cut at max_tokens
+        return LLMResult(text=" ".join(words), finish_reason="length", prompt_tokens=100,
+                         completion_tokens=options.max_tokens, latency_s=0.0)
+
+    async def complete(self, prompt, options=None):
+        raise NotImplementedError
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_rambling_answer_is_cut_to_its_limit_after_two_tries():
+    from agents.summarize.nodes import generate, within_tokens
+
+    model = Rambler()
+    ctx = make_ctx(model, "")
+    limit = 120
+
+    async def node() -> dict[str, Any]:
+        return await generate(ctx, "chunk/0/0", lambda w: f"Summarize in at most {w} words.", 78,
+                              B.output_cap(limit), within_tokens(limit), repair_limit=limit)
+
+    out = await ctx.step("chunk/0/0", node)
+    assert model.calls == 2 and out["calls"] == 2 and out["repaired"] and out["problem"] is None
+    assert out["tokens"] <= limit and out["text"].endswith("on and on.")
+    # Without repair (the reference's rule), all six tries are spent and the problem is kept.
+    model.calls = 0
+    out = await generate(ctx, "k", lambda w: f"at most {w} words", 78, B.output_cap(limit), within_tokens(limit))
+    assert model.calls == 6 and out["problem"] == "cut off at max_tokens" and out["text"].endswith(".")
+
+
 async def test_single_chunk_document_and_no_merge_context(fake_llm, book):
     pool = pool_for(fake_llm)
     try:

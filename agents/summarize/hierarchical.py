@@ -24,13 +24,13 @@ from agents.context import JobContext
 from agents.summarize import budgets as B
 from agents.summarize.nodes import (
     Candidate,
+    cut_to_tokens,
     distance_to,
     fit_final_length,
     generate,
     structural_problem,
     within_tokens,
 )
-from agents.sentences import sentence_spans
 from agents.text import count_tokens
 
 LABEL_TOKENS = 10  # 'Summary 12:\n"""\n...\n"""' around each merged input
@@ -48,19 +48,6 @@ def chunk_template_tokens() -> int:
 
 def merge_template_tokens() -> int:
     return _template_tokens("summarize/merge.j2", context="x", summaries=[], bound="at most", words=9999)
-
-
-def cut_to_tokens(text: str, cap: int) -> str:
-    """The longest prefix of whole sentences within `cap` tokens (BooookScore cuts the context
-    back to its last full stop)."""
-    if count_tokens(text) <= cap:
-        return text
-    kept = 0
-    for _, end in sentence_spans(text):
-        if count_tokens(text[:end]) > cap:
-            break
-        kept = end
-    return text[:kept].rstrip()
 
 
 class _Stream:
@@ -121,7 +108,7 @@ class HierarchicalSummarizer:
             budget = self.plan.merge_budget(level)
             context = [0] + [min(B.context_cap(budget), B.output_cap(self.plan.limit(level)))] * n
             groups = B.pack_groups([size] * n, budget, context if self.merge_context else None)
-            if len(groups) >= n:  # no progress: the real run will raise, the estimate stops here
+            if len(groups) >= n:  # no progress: the real run raises BudgetError
                 break
             counts.append(len(groups))
             n, level = len(groups), level + 1
@@ -188,7 +175,9 @@ class HierarchicalSummarizer:
                     self.ctx, key, render, words, B.output_cap(limit), structural_problem,
                     samples=self.length_samples, prefer=distance_to(self.target),
                 )
-            return await generate(self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit))
+            return await generate(
+                self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit), repair_limit=limit
+            )
 
         out = await self.ctx.step(key, summarize)
         node = self._make_node(key, 0, out, children=[], chunk=i)
@@ -236,6 +225,7 @@ class HierarchicalSummarizer:
         next_level: asyncio.Task | None = None
         previous: dict[str, Any] | None = None
         j = 0
+        inputs = 0
         while True:
             first = await take()
             if first is None:
@@ -268,6 +258,7 @@ class HierarchicalSummarizer:
                 half = len(group) // 2
                 pending.extend(group[half:])
                 group = group[:half]
+            inputs += len(group)
             if self.merge_context:
                 node = await self._merge_node(level, j, group, context, previous)
                 previous = node
@@ -280,6 +271,11 @@ class HierarchicalSummarizer:
         out.close()
         if next_level is None:
             raise RuntimeError(f"level {level} got no input")
+        if j == inputs:  # every merge took a single summary: the next level would do the same
+            next_level.cancel()
+            raise B.BudgetError(
+                f"level {level}: no two summaries fit one merge call; use a smaller target_words"
+            )
         return await next_level
 
     async def _merge_node(
@@ -295,7 +291,10 @@ class HierarchicalSummarizer:
                     "summarize/merge.j2", context=context, summaries=summaries, bound="at most", words=asked
                 )
 
-            return await generate(self.ctx, key, render, B.words_for(limit), B.output_cap(limit), within_tokens(limit))
+            return await generate(
+                self.ctx, key, render, B.words_for(limit), B.output_cap(limit), within_tokens(limit),
+                repair_limit=limit,
+            )
 
         out = await self.ctx.step(key, merge)
         extra = {"context": previous["id"]} if context and previous else {}

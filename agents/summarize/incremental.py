@@ -94,7 +94,12 @@ class IncrementalSummarizer:
                     self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts,
                     samples=self.length_samples, prefer=distance_to(self.target),
                 )
-            return await generate(self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts)
+            # The first summary may be cut to the cap after two failed tries; an update may not:
+            # its end holds the new part, and compressing the old summary is the remedy.
+            repair_limit = cap if summary is None else None
+            return await generate(
+                self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts, repair_limit=repair_limit
+            )
 
         out = await self.ctx.step(key, update)
         self.calls += out["calls"]

@@ -25,6 +25,8 @@ FIRST_TEMPERATURE = 0.5  # BooookScore: 0.5 first, 1.0 on retries
 RETRY_TEMPERATURE = 1.0
 NODE_ATTEMPTS = 6
 RETRY_SHRINK = 0.1  # each retry asks for (1 - 0.1 x attempt) of the word limit
+REPAIR_AFTER = 2  # after this many failed rounds, an over-long answer may be cut to its limit
+REPAIR_MIN_SHARE = 0.5  # ... if what is left still has half the words asked for
 MAX_REVISIONS = 6  # final-length revisions after the final draft
 TOKENIZER_WORST_CASE = 1.3  # a model tokenizer may need this many tokens per cl100k token
 # Closing characters a finished sentence may end with (quotes and brackets after the stop).
@@ -51,6 +53,27 @@ def trim_to_sentence(text: str) -> str:
         return text
     spans = [(s, e) for s, e in sentence_spans(text) if ends_properly(text[s:e])]
     return text[: spans[-1][1]].rstrip() if spans else text
+
+
+def cut_to_tokens(text: str, cap: int) -> str:
+    """The longest prefix of whole sentences within `cap` tokens."""
+    if count_tokens(text) <= cap:
+        return text
+    kept = 0
+    for _, end in sentence_spans(text):
+        if count_tokens(text[:end]) > cap:
+            break
+        kept = end
+    return text[:kept].rstrip()
+
+
+def repair(text: str, limit: int, asked_words: int) -> str | None:
+    """An over-long or cut-off answer reduced to its finished sentences within `limit`
+    tokens, or None when too little would be left."""
+    cut = cut_to_tokens(trim_to_sentence(text), limit)
+    if cut and ends_properly(cut) and count_words(cut) >= REPAIR_MIN_SHARE * asked_words:
+        return cut
+    return None
 
 
 def structural_problem(text: str, result: LLMResult) -> str | None:
@@ -116,15 +139,20 @@ async def generate(
     shrink: float = RETRY_SHRINK,
     samples: int = 1,
     prefer: Callable[[str], float] | None = None,
+    repair_limit: int | None = None,
 ) -> dict[str, Any]:
     """Call the model until `check` passes (at most `attempts` rounds); run inside a step.
 
     A round makes `samples` calls at once (asked for spread lengths, different seeds) and
     keeps the passing answer that `prefer` ranks lowest. Round k asks for (1 - shrink x k)
-    of `asked_words`, at a higher temperature. When no round passes, the best candidate is
-    kept (finished sentences and the smallest overflow first) and its problem recorded; an
-    answer cut mid-sentence loses its unfinished tail. The output lists every call's asked
-    and obtained word counts (`samples`), which length control uses to learn the bias."""
+    of `asked_words`, at a higher temperature (BooookScore). With `repair_limit`, after
+    REPAIR_AFTER failed rounds an answer that ran long is cut to its finished sentences within
+    that many tokens instead of asking again (a model that rambles to max_tokens would
+    otherwise spend all six rounds; the reference keeps asking). When nothing passes, the best
+    candidate is kept (finished sentences and the smallest overflow first) and its problem
+    recorded; an answer cut mid-sentence loses its unfinished tail. The output lists every
+    call's asked and obtained word counts (`samples`), which length control uses to learn
+    the model's bias."""
     candidates: list[tuple[str, str | None, int]] = []
     seen: list[dict[str, int]] = []
 
@@ -156,6 +184,11 @@ async def generate(
             text, _, asked = min(passing, key=lambda r: prefer(r[0])) if prefer else passing[0]
             return node_output(text, calls, attempt + 1, None, asked=asked, samples=seen)
         candidates.extend(results)
+        if repair_limit is not None and attempt + 1 >= REPAIR_AFTER:
+            repaired = [(r, c[2]) for c in candidates if c[0] and (r := repair(c[0], repair_limit, c[2]))]
+            if repaired:
+                text, asked = max(repaired, key=lambda x: count_tokens(x[0]))
+                return node_output(text, calls, attempt + 1, None, asked=asked, samples=seen, repaired=True)
     usable = [c for c in candidates if c[0]]
     if not usable:
         raise EmptySummaryError(f"{key}: the model returned an empty answer {calls} times")
