@@ -322,7 +322,9 @@ async def make_plan(ctx: JobContext, params: WriteParams, target: int, language:
         room = output_room(ctx.llm.context_window, await count_message_tokens(ctx.llm, messages))
         if room < MIN_OUTPUT_TOKENS:
             raise LLMBadRequest(f"the instruction does not fit the model's {ctx.llm.context_window}-token context")
-        options = _options(params, params.plan_model or params.write_model, min(wanted, room))
+        # Every section of the piece waits on the plan: it goes before any section call.
+        urgency = bounds.max_sections + 1
+        options = _options(params, params.plan_model or params.write_model, min(wanted, room), ctx.request_priority(urgency))
         value, _ = await chat_json(ctx.llm, messages, plan_schema(bounds), options)
         sections, repairs = repair_plan(value["sections"], target)
         return {"sections": sections, "repairs": repairs, "planned_by": "model"}

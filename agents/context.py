@@ -171,6 +171,7 @@ class JobContext:
         judge: LLMClient | None = None,
         load_document: Callable[[str], Awaitable[str]] | None = None,
         load_job_result: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+        succeeded: dict[str, Any] | None = None,
     ):
         self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority)
         # The judge (S_q, BooookScore) may be a different model; None when not configured.
@@ -183,7 +184,7 @@ class JobContext:
         self.settings = settings
         self.job_id = job_id
         self._is_cancelled = is_cancelled or (lambda: False)
-        self._done: dict[str, Any] | None = None
+        self._done: dict[str, Any] | None = succeeded  # None: asked of the store on first use
         self._load_lock = asyncio.Lock()
         self.steps_run = 0  # steps actually executed (not replayed) in this run
 
@@ -221,18 +222,25 @@ class JobContext:
         self.check_cancelled()
         usage = StepUsage()
         token = _current_usage.set(usage)
-        await self.store.started(key)
+        # The "running" record is written while the step works (it only feeds the timeline);
+        # it is always in place before the step's outcome is written.
+        started = asyncio.ensure_future(self.store.started(key))
         try:
             output = await fn()
         except BaseException as exc:
-            await asyncio.shield(self.store.failed(key, f"{type(exc).__name__}: {exc}", usage))
+            await asyncio.shield(self._after(started, self.store.failed(key, f"{type(exc).__name__}: {exc}", usage)))
             raise
         finally:
             _current_usage.reset(token)
-        await self.store.finished(key, output, usage)
+        await self._after(started, self.store.finished(key, output, usage))
         done[key] = output
         self.steps_run += 1
         return output
+
+    @staticmethod
+    async def _after(started: asyncio.Future, outcome: Awaitable[None]) -> None:
+        await asyncio.gather(started, return_exceptions=True)
+        await outcome
 
     def render(self, template: str, **variables: Any) -> str:
         """Render a prompt template and record its name and hash on the running step."""

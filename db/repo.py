@@ -296,12 +296,14 @@ def step_started(session: Session, job_id: str, key: str) -> None:
 
 
 def step_ended(session: Session, job_id: str, key: str, status: str, values: dict[str, Any]) -> None:
-    session.execute(
+    done = session.execute(
         update(Step)
         .where(Step.job_id == job_id, Step.key == key)
         .values(status=status, finished_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
+    if done.rowcount == 0:  # its "running" row was never written: the outcome must not be lost
+        session.add(Step(job_id=job_id, key=key, status=status, finished_at=utcnow(), **values))
 
 
 # ---- events -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Engine and sessions for SQLite (embedded) and PostgreSQL (production)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -44,6 +45,11 @@ def engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
+@lru_cache(maxsize=8)
+def _sqlite_lock(url: str) -> threading.RLock:
+    return threading.RLock()
+
+
 class Database:
     """One engine and session factory per database URL."""
 
@@ -51,11 +57,15 @@ class Database:
         self.url = normalize_url(url)
         self.engine = engine_for(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a thread that finds the file locked sleeps in
+        # its busy handler (up to 100 ms a try). Within the process, threads take turns here
+        # instead; other processes still meet the busy timeout.
+        self._turns = _sqlite_lock(self.url) if self.is_sqlite else nullcontext()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on any error."""
-        with self._sessions() as session:
+        with self._turns, self._sessions() as session:
             try:
                 yield session
                 session.commit()

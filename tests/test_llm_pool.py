@@ -401,3 +401,20 @@ def test_factory_builds_pools_from_settings(tmp_path):
     judge = make_judge_client(Settings(longform_data_dir=str(tmp_path), judge_endpoints="http://j/v1",
                                        judge_model="judge"))
     assert isinstance(judge, OpenAIPool) and judge.model_name == "judge"
+
+
+async def test_queued_calls_go_out_by_priority_then_arrival(fake_llm, pools):
+    fake_llm.update(timing=True, decode_s_per_token=0.002, scheduling_policy="priority")
+    pool = pools([fake_llm.base_url], max_inflight=1)
+
+    def ask(tag, priority=None):
+        return pool.chat([{"role": "user", "content": f"call {tag}, about 20 words"}],
+                         GenOptions(max_tokens=40, priority=priority))
+
+    first = asyncio.create_task(ask("first", 0))  # holds the only slot
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(ask(tag, p)) for tag, p in (("p5", 5), ("none", None), ("p1", 1), ("p3", 3), ("p1b", 1))]
+    await asyncio.gather(first, *queued)
+    order = [r["prompt"].split()[1].rstrip(",") for r in sorted(fake_llm.requests(), key=lambda r: r["time"])
+             if r["path"].endswith("completions")]
+    assert order == ["first", "p1", "p1b", "p3", "p5", "none"]

@@ -35,7 +35,7 @@ class EmbeddedWorker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._thread_main, name="longform-embedded-worker", daemon=True)
         self._thread.start()
-        self._started.wait(10)
+        self._started.wait(120)
 
     def notify(self) -> None:
         """A job was queued: look now instead of at the next poll."""
@@ -55,14 +55,16 @@ class EmbeddedWorker:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._wake = asyncio.Event()
-        self._started.set()
+        try:
+            self.runtime.prepare()  # before the server answers: the first jobs find everything ready
+        finally:
+            self._started.set()
         try:
             self._loop.run_until_complete(self._main())
         finally:
             self._loop.close()
 
     async def _main(self) -> None:
-        self.runtime.prepare()
         capacity = self.settings.worker_concurrency
         while not self._stopping:
             free = capacity - len(self.tasks)

@@ -68,8 +68,12 @@ class WorkerRuntime:
         return self._judge
 
     def prepare(self) -> None:
-        """Build the model clients at start-up (imports, configuration errors) rather than in the first job."""
+        """Build the model clients and load the tokenizer at start-up (imports, configuration
+        errors) rather than in the first jobs."""
+        from agents.text import count_tokens
+
         _ = self.llm, self.judge
+        count_tokens("warm up")
 
     async def aclose(self) -> None:
         for client in (self._llm, self._judge):
@@ -86,10 +90,10 @@ class WorkerRuntime:
     async def run_job(self, job_id: str, *, time_slice_s: float | None = None) -> str:
         """Run a job to an end, or until its time slice is over. Returns the outcome."""
         lease = self.settings.job_lease_seconds
-        claimed = await self._db(repo.claim_job, job_id, self.worker_id, lease)
+        claimed = await self._db(self._claim, job_id, lease)
         if claimed is None:
             return SKIPPED
-        kind_name, params_json, priority = claimed
+        kind_name, params_json, priority, succeeded = claimed
         cancel_flag = asyncio.Event()
         try:
             kind = get_kind(kind_name)
@@ -109,6 +113,7 @@ class WorkerRuntime:
             judge=self.judge,
             load_document=self._load_document,
             load_job_result=self._load_job_result,
+            succeeded=succeeded,
         )
         ctx.runtime = self  # the dataset kind spawns child jobs through it
         agent = asyncio.create_task(kind.runner()(ctx, params), name=f"job-{job_id}")
@@ -136,6 +141,13 @@ class WorkerRuntime:
             await self._db(repo.release_job, job_id, self.worker_id)
             return RELEASED
         return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
+
+    def _claim(self, session, job_id: str, lease: float):
+        """Claim the job and load its finished steps in one transaction."""
+        claimed = repo.claim_job(session, job_id, self.worker_id, lease)
+        if claimed is None:
+            return None
+        return (*claimed, repo.succeeded_steps(session, job_id))
 
     def _ensure_keeper(self) -> None:
         if self._keeper is None or self._keeper.done():

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 import random
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,9 @@ class _Waiter:
     waiting_for_probe: bool  # True: every endpoint was down; gives up after a timer
 
 
+NO_PRIORITY = 1 << 30  # calls without a priority queue behind prioritized ones, in arrival order
+
+
 _FULL = object()  # sentinel: endpoints are up but at their in-flight limit
 # count_tokens: texts of at least this many local tokens calibrate the server/local ratio.
 MIN_CALIBRATION_TOKENS = 64
@@ -158,7 +162,10 @@ class OpenAIPool:
         self.backoff_max_s = backoff_max_s
         self.probe_interval_s = probe_interval_s
         self.down_after_failures = down_after_failures
-        self._waiters: deque[_Waiter] = deque()
+        # Calls waiting for a slot: a heap by (priority, arrival), so a request's priority is
+        # honoured here as well as by the server (which only sees what we send it).
+        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._arrivals = itertools.count()
         self._rr = 0  # rotates tie-breaking between equally loaded endpoints
         self._model_lock: asyncio.Lock | None = None
         self._probe_task: asyncio.Task | None = None
@@ -226,7 +233,7 @@ class OpenAIPool:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
             self._probe_task = None
-        for waiter in self._waiters:
+        for _, _, waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_result(None)
         self._waiters.clear()
@@ -280,7 +287,7 @@ class OpenAIPool:
         avoid: set[str] = set()
         last_error: LLMError | None = None
         while True:
-            ep = await self._acquire(options.sticky_key, frozenset(avoid), self._backoff_cap(attempt + 1))
+            ep = await self._acquire(options.sticky_key, frozenset(avoid), self._backoff_cap(attempt + 1), options.priority)
             if ep is None:  # every endpoint down and no probe brought one back in time
                 attempt += 1
                 if attempt > self.max_retries:
@@ -367,13 +374,18 @@ class OpenAIPool:
         ep.metrics.inflight.set(ep.inflight)
         return ep
 
-    async def _acquire(self, sticky_key: str | None, avoid: frozenset[str], probe_wait_s: float) -> _Endpoint | None:
+    async def _acquire(
+        self, sticky_key: str | None, avoid: frozenset[str], probe_wait_s: float, priority: int | None = None
+    ) -> _Endpoint | None:
         choice = self._pick(sticky_key, avoid)
-        if isinstance(choice, _Endpoint):
+        if isinstance(choice, _Endpoint) and not self._waiters:
             return self._take(choice)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), sticky_key, avoid, waiting_for_probe=choice is None)
-        self._waiters.append(waiter)
+        order = NO_PRIORITY if priority is None else priority
+        heapq.heappush(self._waiters, (order, next(self._arrivals), waiter))
+        if isinstance(choice, _Endpoint):  # a slot is free but others queued first: serve in order
+            self._dispatch()
         timer = None
         if waiter.waiting_for_probe:
             self._ensure_probe()
@@ -396,16 +408,17 @@ class OpenAIPool:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to queued calls, oldest first (synchronous: no slot is ever lost)."""
+        """Hand free slots to queued calls, by priority then age (synchronous: no slot is ever lost)."""
         any_up = any(e.up for e in self._endpoints)
-        kept: list[_Waiter] = []
+        kept: list[tuple[int, int, _Waiter]] = []
         while self._waiters:
-            waiter = self._waiters.popleft()
+            entry = heapq.heappop(self._waiters)
+            waiter = entry[2]
             if waiter.future.done():
                 continue
             if not any_up:
                 if waiter.waiting_for_probe:
-                    kept.append(waiter)
+                    kept.append(entry)
                 else:  # it was queued for a full endpoint that has since died: let it retry
                     waiter.future.set_result(None)
                 continue
@@ -413,10 +426,11 @@ class OpenAIPool:
             if isinstance(choice, _Endpoint):
                 waiter.future.set_result(self._take(choice))
                 continue
-            kept.append(waiter)
+            kept.append(entry)
             if not any(e.up and e.inflight < self.max_inflight for e in self._endpoints):
                 break  # no room anywhere: the rest keep waiting, in order
-        self._waiters.extendleft(reversed(kept))
+        for entry in kept:
+            heapq.heappush(self._waiters, entry)
 
     # ----- health state --------------------------------------------------------------
 
