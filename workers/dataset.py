@@ -94,7 +94,7 @@ async def run(ctx: JobContext, params: DatasetParams) -> dict[str, Any]:
         if finished >= total:
             break
         ctx.check_cancelled()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.25)  # one cheap grouped count; the export starts as soon as the last child ends
 
     export = await asyncio.to_thread(write_export, runtime.db, ctx.job_id, params, Path(ctx.settings.longform_data_dir))
     export["rejected_lines"] = resolved["rejected_lines"]
