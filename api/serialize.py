@@ -16,7 +16,10 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-def job_json(session, job: Job, *, full: bool = True, usage: dict[str, int] | None = None) -> dict[str, Any]:
+def job_json(
+    session, job: Job, *, full: bool = True, usage: dict[str, int] | None = None, new: bool = False
+) -> dict[str, Any]:
+    """A job as the API shows it. `new`: just created, so no steps or scores to look up."""
     data: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
@@ -32,11 +35,13 @@ def job_json(session, job: Job, *, full: bool = True, usage: dict[str, int] | No
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+    if new:
+        usage = dict(repo.NO_USAGE)
     data["usage"] = usage if usage is not None else repo.job_usage(session, job.id)
     if full:
         data["params"] = job.params
         data["result"] = job.result if job.status == "succeeded" else None
-        data["scores"] = {s.metric: s.value for s in repo.job_scores(session, job.id)}
+        data["scores"] = {} if new else {s.metric: s.value for s in repo.job_scores(session, job.id)}
     return data
 
 

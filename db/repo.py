@@ -103,10 +103,12 @@ def list_jobs(
     return list(rows), total
 
 
+NO_USAGE = {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+
+
 def usage_by_job(session: Session, job_ids: list[str]) -> dict[str, dict[str, int]]:
     """Steps, calls and tokens of each job (one grouped query)."""
-    empty = {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
-    usage = {job_id: dict(empty) for job_id in job_ids}
+    usage = {job_id: dict(NO_USAGE) for job_id in job_ids}
     if not job_ids:
         return usage
     rows = session.execute(

@@ -48,7 +48,7 @@ def submit_job(
         except repo.IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
         session.flush()
-        body = job_json(session, job)
+        body = job_json(session, job, new=created)
     if created:
         state.enqueue(body["id"], priority)
     return body, created
