@@ -5,20 +5,24 @@ from agents.llm.types import LLMClient
 from agents.settings import Settings
 
 
+def _pool(settings: Settings, endpoints: list[str], api_key: str, model: str) -> LLMClient:
+    from agents.llm.openai_pool import OpenAIPool
+
+    return OpenAIPool(
+        endpoints,
+        api_key=api_key,
+        model=model,
+        max_inflight=settings.llm_max_inflight,
+        timeout_s=settings.llm_timeout_s,
+        max_retries=settings.llm_max_retries,
+        context_window=settings.llm_context_window,
+    )
+
+
 def make_llm_client(settings: Settings) -> LLMClient:
     """The endpoint pool when LLM_ENDPOINTS is set, else the embedded GGUF model."""
     if settings.endpoint_list:
-        from agents.llm.openai_pool import OpenAIPool
-
-        return OpenAIPool(
-            settings.endpoint_list,
-            api_key=settings.llm_api_key,
-            model=settings.llm_model,
-            max_inflight=settings.llm_max_inflight,
-            timeout_s=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-            context_window=settings.llm_context_window,
-        )
+        return _pool(settings, settings.endpoint_list, settings.llm_api_key, settings.llm_model)
     from agents.llm.embedded import EmbeddedLlama
 
     return EmbeddedLlama(
@@ -32,14 +36,4 @@ def make_judge_client(settings: Settings) -> LLMClient | None:
     """A pool over JUDGE_ENDPOINTS (same limits as the main pool), or None: no judging."""
     if not settings.judge_endpoint_list:
         return None
-    from agents.llm.openai_pool import OpenAIPool
-
-    return OpenAIPool(
-        settings.judge_endpoint_list,
-        api_key=settings.judge_api_key,
-        model=settings.judge_model,
-        max_inflight=settings.llm_max_inflight,
-        timeout_s=settings.llm_timeout_s,
-        max_retries=settings.llm_max_retries,
-        context_window=settings.llm_context_window,
-    )
+    return _pool(settings, settings.judge_endpoint_list, settings.judge_api_key, settings.judge_model)
