@@ -825,11 +825,15 @@ def print_booookscore(result: dict[str, Any], err: bool = False) -> None:
     def say(line: str) -> None:
         click.echo(line, err=err)
 
-    sentences = result.get("sentences") or result.get("annotations") or []
-    flagged = [s for s in sentences if isinstance(s, dict) and (s.get("types") or s.get("questions"))]
+    flagged = [f for f in result.get("flagged") or [] if isinstance(f, dict)]
     line = f"BooookScore: {format_score(result.get('score'))}"
-    if sentences:
-        line += f" ({len(flagged)} of {len(sentences)} sentences flagged)"
+    if result.get("scored") is not None:
+        line += f" ({len(flagged)} of {result['scored']} judged sentences flagged"
+        if result.get("unparseable"):
+            line += f"; {len(result['unparseable'])} left unjudged: the judge's verdicts never parsed"
+        line += ")"
+    if result.get("mode"):
+        line += f" [{result['mode']}]"
     say(line)
     for item in flagged:
         types = item.get("types") or []
@@ -838,9 +842,9 @@ def print_booookscore(result: dict[str, Any], err: bool = False) -> None:
         questions = item.get("questions")
         for question in (questions if isinstance(questions, list) else [questions]) if questions else []:
             say(f"    ? {question}")
-    histogram = result.get("type_counts") or result.get("histogram")
-    if isinstance(histogram, dict) and histogram:
-        say("types: " + ", ".join(f"{k}={v}" for k, v in sorted(histogram.items(), key=lambda kv: -kv[1])))
+    counts = {k: v for k, v in (result.get("type_counts") or {}).items() if v}
+    if counts:
+        say("types: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
 
 
 @cli.command()

@@ -461,6 +461,7 @@ def test_booookscore_scores_a_summary_file_and_a_summarize_job(tmp_path, fake_ll
         from_file = run(["booookscore", str(summary), "--mode", "batched"], LONGFORM_URL=url)
         assert from_file.exit_code == 0, from_file.output
         assert from_file.stdout.startswith("BooookScore: ")
+        assert "judged sentences flagged" in from_file.stdout and "[batched]" in from_file.stdout
 
         book = a_short_book(tmp_path / "book.txt")
         summarized = run(["summarize", book, "--chunk-size", "256", "--words", "80"], LONGFORM_URL=url)
