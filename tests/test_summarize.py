@@ -336,6 +336,21 @@ async def test_a_rambling_answer_is_cut_to_its_limit_after_two_tries():
     assert model.calls == 6 and out["problem"] == "cut off at max_tokens" and out["text"].endswith(".")
 
 
+async def test_incremental_with_a_rambling_model_stays_bounded(book):
+    model = Rambler()
+    text = first_words(strip_gutenberg(book), 1_500)
+    result = await summarize.run(
+        make_ctx(model, text), {"document_id": "d", "method": "incremental", "chunk_size": 512, "target_words": 100}
+    )
+    n = result["chunks"]
+    assert n >= 3 and sorted(tree_chunk_coverage(result)) == list(range(n))
+    assert result["compressions"] == n - 1  # every update overflowed and was repaired
+    # First chunk: 2 tries; each later update: the update, then two compress + redo attempts
+    # (the second redo is cut to the cap); the last update samples 3 at a time; revisions.
+    assert model.calls == result["calls"] <= 2 + 5 * (n - 2) + 3 * 5 + 6 * 3 * 3
+    assert within_10_percent(result)
+
+
 async def test_single_chunk_document_and_no_merge_context(fake_llm, book):
     pool = pool_for(fake_llm)
     try:

@@ -22,10 +22,13 @@ from agents.context import JobContext
 from agents.summarize import budgets as B
 from agents.summarize.nodes import (
     NODE_ATTEMPTS,
+    REPAIR_AFTER,
     Candidate,
     distance_to,
     fit_final_length,
     generate,
+    node_output,
+    repair,
     structural_problem,
     within_tokens,
 )
@@ -171,16 +174,29 @@ class IncrementalSummarizer:
         }
 
     async def _repair(self, j: int, previous: dict[str, Any], previous_text: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Compress the previous summary and redo update j; pick the best attempt."""
+        """Compress the previous summary and redo update j; pick the best attempt.
+
+        As in BooookScore, up to 6 attempts, stopping at the first where both the compressed
+        summary and the redone update are valid. Ours: from the second attempt on, a redone
+        update that is only too long (or cut off) is cut to its finished sentences within the
+        cap when enough is left (nodes.repair), since a model that never stops by itself
+        would otherwise spend all six attempts on every chunk."""
         n = len(self.chunks)
+        final = j == n - 1
         floor = max(1, round(self.target * COMPRESS_FLOOR))
+        repair_limit = B.output_cap(self.plan.top_tokens) if final else self.plan.top_tokens
         attempts: list[tuple[dict[str, Any], dict[str, Any], int]] = []
         for a in range(COMPRESS_ATTEMPTS):
             words = max(floor, int(self.target * j / n * (1 - COMPRESS_SHRINK * a)))
             compressed = await self._compress_step(f"compress/{j}/{a}", previous_text, words)
             updated = await self._update_step(f"update/{j}/{a}", compressed["text"], j)
+            if updated["problem"] is not None and a + 1 >= REPAIR_AFTER:
+                cut = repair(updated["text"], repair_limit, updated["asked"])
+                if cut is not None:
+                    updated = {**node_output(cut, updated["calls"], updated["attempts"], None),
+                               "asked": updated["asked"], "samples": updated["samples"], "repaired": True}
             attempts.append((compressed, updated, a))
-            if compressed["problem"] is None and updated["problem"] is None:
+            if updated["problem"] is None and (compressed["problem"] is None or updated.get("repaired")):
                 break
         valid = [x for x in attempts if x[1]["problem"] is None]
         compressed, updated, a = min(
