@@ -79,10 +79,12 @@ def test_embedded_process_crash(make_job, tmp_path, fake_llm_factory):
     db = Database(url)
     env = {"DATABASE_URL": url, "LLM_ENDPOINTS": fake.base_url, "JOB_LEASE_SECONDS": "2", "LONGFORM_DATA_DIR": str(tmp_path)}
     first, api_url = start_serve(env, tmp_path, "first")
-    with httpx.Client(base_url=api_url, timeout=30) as client:
-        job_id, kill_after = make_job(client)
-        wait_until(lambda: len(succeeded_steps(db, job_id)) >= kill_after, 120, "steps before the crash")
-    first.kill()
+    try:
+        with httpx.Client(base_url=api_url, timeout=30) as client:
+            job_id, kill_after = make_job(client)
+            wait_until(lambda: len(succeeded_steps(db, job_id)) >= kill_after, 120, "steps before the crash")
+    finally:
+        first.kill()
     done_before = succeeded_steps(db, job_id)
     restarted_at = time.time()
     second, api_url = start_serve(env, tmp_path, "second")
@@ -114,8 +116,10 @@ def test_celery_worker_crash(make_job, tmp_path, fake_llm_factory, postgres_url)
         with httpx.Client(base_url=api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
             job_id, kill_after = make_job(client)
             worker = start_worker(env, tmp_path, "worker-1")
-            wait_until(lambda: len(succeeded_steps(db, job_id)) >= kill_after, 120, "steps before the crash")
-            worker.kill()
+            try:
+                wait_until(lambda: len(succeeded_steps(db, job_id)) >= kill_after, 120, "steps before the crash")
+            finally:
+                worker.kill()
             done_before = succeeded_steps(db, job_id)
             restarted_at = time.time()
             worker = start_worker(env, tmp_path, "worker-2")
