@@ -30,7 +30,7 @@ from agents.context import JobContext, MemoryStepStore  # noqa: E402
 from agents.llm.openai_pool import OpenAIPool  # noqa: E402
 from fakellm.runner import FakeServer  # noqa: E402
 
-BOOK = Path("/work/shared/data/books/pride_and_prejudice.txt")
+BOOK = Path(__file__).resolve().parent.parent / "tests" / "data" / "pride_and_prejudice.txt"
 
 
 async def run_once(base_url: str, inflight: int, book: str, params: dict) -> dict:

@@ -10,7 +10,7 @@ from agents.gutenberg import strip_gutenberg
 from agents.sentences import sentence_spans, split_sentences
 from agents.text import count_tokens
 
-BOOK = Path("/work/shared/data/books/pride_and_prejudice.txt")
+BOOK = Path(__file__).resolve().parent / "data" / "pride_and_prejudice.txt"
 
 
 @pytest.fixture(scope="module")

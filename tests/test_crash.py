@@ -14,7 +14,7 @@ from tests.db_fixtures import *  # noqa: F401,F403
 from tests.db_fixtures import sqlite_url
 from tests.processes import start_serve, start_worker
 
-BOOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "books" / "pride_and_prejudice.txt"
+BOOK = Path(__file__).resolve().parent / "data" / "pride_and_prejudice.txt"
 REDIS_TEST_URL = "redis://127.0.0.1:6379/14"
 
 pytestmark = pytest.mark.slow

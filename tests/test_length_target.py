@@ -8,7 +8,7 @@ import pytest
 
 from agents.length_target import find_length_mentions, parse_chinese_number, parse_number, parse_target_words
 
-LONGBENCH = Path("/work/shared/data/longbench_write/longbench_write.jsonl")
+LONGBENCH = Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl"
 
 
 @pytest.mark.parametrize("text,words", [

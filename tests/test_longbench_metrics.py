@@ -1,6 +1,7 @@
 """LongBench-Write S_l and S_q: formula reference points, strict verdicts, aggregation."""
 from __future__ import annotations
 
+from pathlib import Path
 import json
 
 import pytest
@@ -110,7 +111,7 @@ from agents.evaluation import (  # noqa: E402
 
 
 def test_load_prompt_set(tmp_path):
-    items = load_prompt_set("/work/shared/data/longbench_write/longbench_write.jsonl")
+    items = load_prompt_set(Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl")
     assert len(items) == 120 and items[0].length == 100 and items[0].index == 0
     assert [sum(1 for i in items if length_bin(i.length) == b) for b in ("[0,500)", "[500,2k)", "[2k,4k)", "[4k,20k]")] == [26, 36, 31, 27]
     bad = tmp_path / "bad.jsonl"
