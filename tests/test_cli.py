@@ -417,7 +417,7 @@ def a_short_book(path) -> str:
         sentences = [
             f"In chapter {p + 1}, {names[p % 6]} walked to {places[p % 5]} before the sun rose over the valley.",
             f"{names[(p + 1) % 6]} had promised to bring the letters, yet the road was flooded after the storm.",
-            f"They argued about the debt their families owed, and about who would speak first at the meeting.",
+            "They argued about the debt their families owed, and about who would speak first at the meeting.",
             f"By evening {names[(p + 2) % 6]} understood that the secret of {places[(p + 3) % 5]} could not stay hidden.",
             "Nobody slept well that night, and the dogs barked at every passing cart.",
         ]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agents.llm.types import GenOptions, LLMResult
+from agents.llm.types import LLMResult
 from agents.metrics.longbench_write import (
     JUDGE_SCHEMA,
     QUALITY_DIMENSIONS,
