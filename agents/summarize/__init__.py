@@ -6,11 +6,22 @@ and returns:
 
     {"summary", "word_count", "target_words", "length_ok", "trimmed", "method",
      "chunks", "chunk_size", "levels": [{"level", "nodes", "limit_tokens", "limit_words"}],
-     "tree": {"nodes": [{"id", "level", "children", "words", ...}], "root"},
-     "calls", "model", "context_window", ["booookscore": {...}]}
+     "tree": {"nodes": [{"id", "level", "children", "words", "tokens", "calls", "problem",
+                         ["chunk"], ["context"], ["kind"], ["final"]}], "root"},
+     "calls", "model", "context_window",
+     hierarchical: "sequential_merges" | incremental: "updates", "compressions",
+     ["booookscore": {...}]}
+
+`length_ok` says whether the summary is within +-10 % of target_words (it is unless the
+model could not write that long in any attempt); `trimmed` says the last resort was used
+(a too-long final cut to its whole sentences within the bound). A tree node's `problem`
+is set when no answer met that node's budget and the best one was kept. `calls` counts
+every model call behind the result (stable across resumes: it comes from stored steps).
 
 Every node is a checkpointed step (keys `chunk/0/{i}`, `merge/{level}/{j}`, `update/{j}`,
 `compress/{j}/{a}`, `update/{j}/{a}`, `revise/{k}`); see hierarchical.py and incremental.py.
+Budgets are planned in cl100k tokens with a 15 % margin of the context window for the
+served model's own tokenizer (budgets.py).
 """
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class IncrementalSummarizer:
                 )
             # The first summary may be cut to the cap after two failed tries; an update may not:
             # its end holds the new part, and compressing the old summary is the remedy.
-            repair_limit = cap if summary is None else None
+            repair_limit = cap if summary is None and not final else None
             return await generate(
                 self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts, repair_limit=repair_limit
             )
