@@ -5,13 +5,20 @@ import hashlib
 import json
 import secrets
 from datetime import timedelta, timezone
+from functools import lru_cache
 from typing import Any, Iterable
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey, Document, Job, JobEvent, Score, Step, utcnow
+
+
+# The workers' hot paths update the jobs table with Core statements: no ORM bulk-update work.
+JOBS = Job.__table__
 
 
 class IdempotencyConflict(Exception):
@@ -51,14 +58,17 @@ def create_job(
         parent_id=parent_id,
     )
     session.add(job)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        existing = find_by_idempotency_key(session, owner, idempotency_key or "")
-        if existing is None:
-            raise
-        return _same_request(existing, fingerprint), False
+    if not idempotency_key:
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():  # a savepoint only where a duplicate key can happen
+                session.flush()
+        except IntegrityError:  # a concurrent request with the same key won the race
+            existing = find_by_idempotency_key(session, owner, idempotency_key)
+            if existing is None:
+                raise
+            return _same_request(existing, fingerprint), False
     add_event(session, job.id, "status", {"status": "queued"})
     return job, True
 
@@ -149,29 +159,28 @@ def requeue_for_retry(session: Session, job: Job) -> None:
     add_event(session, job.id, "status", {"status": "queued", "retry": True})
 
 
-def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> tuple[str, dict, int] | None:
+def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> tuple[str, dict, int, int] | None:
     """Take a job to run: a queued one, or a running one whose worker stopped heartbeating.
 
     Atomic (one UPDATE), so a task delivered twice runs the job once. Returns the job's
-    (kind, params, priority), or None when it is not ours to run.
+    (kind, params, priority, runs including this one), or None when it is not ours to run.
     """
     now = utcnow()
     stale = now - timedelta(seconds=lease_s)
     row = session.execute(
-        update(Job)
+        update(JOBS)
         .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(False),
-            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)),
+            JOBS.c.id == job_id,
+            JOBS.c.cancel_requested.is_(False),
+            or_(JOBS.c.status == "queued", (JOBS.c.status == "running") & (JOBS.c.heartbeat_at < stale)),
         )
-        .values(status="running", worker=worker, heartbeat_at=now, runs=Job.runs + 1, started_at=func.coalesce(Job.started_at, now))
-        .returning(Job.kind, Job.params, Job.priority, Job.runs)
-        .execution_options(synchronize_session=False)
+        .values(status="running", worker=worker, heartbeat_at=now, runs=JOBS.c.runs + 1, started_at=func.coalesce(JOBS.c.started_at, now))
+        .returning(JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs)
     ).first()
     if row is None:
         return None
     add_event(session, job_id, "status", {"status": "running", "run": row.runs})
-    return row.kind, row.params, row.priority
+    return row.kind, row.params, row.priority, row.runs
 
 
 def heartbeat(session: Session, worker: str, job_ids: Iterable[str]) -> set[str]:
@@ -183,22 +192,20 @@ def heartbeat(session: Session, worker: str, job_ids: Iterable[str]) -> set[str]
     if not job_ids:
         return set()
     session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.worker == worker, Job.status == "running")
+        update(JOBS)
+        .where(JOBS.c.id.in_(job_ids), JOBS.c.worker == worker, JOBS.c.status == "running")
         .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
     )
-    rows = session.execute(select(Job.id, Job.cancel_requested, Job.worker, Job.status).where(Job.id.in_(job_ids)))
+    rows = session.execute(select(JOBS.c.id, JOBS.c.cancel_requested, JOBS.c.worker, JOBS.c.status).where(JOBS.c.id.in_(job_ids)))
     keep = {job_id for job_id, cancel, owner, status in rows if not cancel and owner == worker and status == "running"}
     return set(job_ids) - keep
 
 
 def set_progress(session: Session, job_id: str, progress: float, detail: dict[str, Any]) -> None:
     session.execute(
-        update(Job)
-        .where(Job.id == job_id)
+        update(JOBS)
+        .where(JOBS.c.id == job_id)
         .values(progress=max(0.0, min(1.0, progress)), progress_detail=detail)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -206,15 +213,15 @@ def finish_job(
     session: Session, job_id: str, worker: str | None, status: str, *, result: Any = None, error: str | None = None
 ) -> bool:
     """Record the outcome, only if this worker still holds the job (one UPDATE)."""
-    conditions = [Job.id == job_id, Job.status == "running"]
+    conditions = [JOBS.c.id == job_id, JOBS.c.status == "running"]
     if worker is not None:
-        conditions.append(Job.worker == worker)
+        conditions.append(JOBS.c.worker == worker)
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if result is not None:
         values["result"] = result
     if status == "succeeded":
         values["progress"] = 1.0
-    done = session.execute(update(Job).where(*conditions).values(**values).execution_options(synchronize_session=False))
+    done = session.execute(update(JOBS).where(*conditions).values(**values))
     if done.rowcount != 1:
         return False
     add_event(session, job_id, "status", _status_event(status, error))
@@ -235,10 +242,9 @@ def _status_event(status: str, error: str | None) -> dict[str, Any]:
 def release_job(session: Session, job_id: str, worker: str) -> None:
     """Hand an unfinished job back to the queue (time slice used up, worker shutting down)."""
     session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.worker == worker, JOBS.c.status == "running")
         .values(status="queued", worker=None, heartbeat_at=None)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -285,34 +291,56 @@ def list_steps(session: Session, job_id: str) -> list[Step]:
     return list(session.scalars(select(Step).where(Step.job_id == job_id).order_by(Step.id)))
 
 
-def step_started(session: Session, job_id: str, key: str) -> None:
-    """Mark a step running: a new row, or the next attempt of one that failed or was cut off."""
-    updated = session.execute(
-        update(Step)
-        .where(Step.job_id == job_id, Step.key == key)
-        .values(status="running", attempt=Step.attempt + 1, error=None, started_at=utcnow(), finished_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    if updated.rowcount == 0:
-        session.add(Step(job_id=job_id, key=key, status="running"))
+# A checkpoint is one INSERT .. ON CONFLICT (job_id, key) DO UPDATE statement: atomic on both
+# databases without a transaction of its own (one round trip). The statements are built once
+# per dialect with bound parameters, so SQLAlchemy compiles each of them only once.
+_STEP_OUTCOME_COLUMNS = (
+    "output", "error", "calls", "prompt_tokens", "completion_tokens", "cached_tokens", "latency_s",
+    "model", "finish_reason", "template", "template_hash",
+)
+
+_STEP_OUTCOME_DEFAULTS = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "latency_s": 0.0}
 
 
-def step_ended(session: Session, job_id: str, key: str, status: str, values: dict[str, Any]) -> None:
-    done = session.execute(
-        update(Step)
-        .where(Step.job_id == job_id, Step.key == key)
-        .values(status=status, finished_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+@lru_cache(maxsize=None)
+def _step_statements(dialect: str):
+    insert = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[dialect]
+    conflict = [Step.job_id, Step.key]
+    common = {"job_id": bindparam("job_id"), "key": bindparam("key"), "status": bindparam("status")}
+    now = bindparam("now")
+    started = insert(Step).values(**common, attempt=1, started_at=now).on_conflict_do_update(
+        index_elements=conflict,
+        set_={"status": bindparam("status"), "attempt": Step.attempt + 1, "error": None, "started_at": now, "finished_at": None},
     )
-    if done.rowcount == 0:  # its "running" row was never written: the outcome must not be lost
-        session.add(Step(job_id=job_id, key=key, status=status, finished_at=utcnow(), **values))
+    outcome = {name: bindparam(name, type_=Step.__table__.c[name].type) for name in _STEP_OUTCOME_COLUMNS}
+    ended = insert(Step).values(**common, started_at=now, finished_at=now, **outcome).on_conflict_do_update(
+        index_elements=conflict, set_={"status": bindparam("status"), "finished_at": now, **outcome},
+    )
+    return started, ended
+
+
+def step_started(dialect: str, job_id: str, key: str):
+    """Statement and parameters marking a step running: a new row, or the next attempt of one
+    that failed or was cut off."""
+    return _step_statements(dialect)[0], {"job_id": job_id, "key": key, "status": "running", "now": utcnow()}
+
+
+def step_ended(dialect: str, job_id: str, key: str, status: str, values: dict[str, Any]):
+    """Statement and parameters storing a step's outcome (inserting the row if its "running"
+    row was never written)."""
+    unknown = set(values) - set(_STEP_OUTCOME_COLUMNS)
+    if unknown:
+        raise ValueError(f"not step outcome columns: {sorted(unknown)}")
+    params = {name: values.get(name, _STEP_OUTCOME_DEFAULTS.get(name)) for name in _STEP_OUTCOME_COLUMNS}
+    return _step_statements(dialect)[1], {**params, "job_id": job_id, "key": key, "status": status, "now": utcnow()}
 
 
 # ---- events -----------------------------------------------------------------------------
 
 
 def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> None:
-    session.add(JobEvent(job_id=job_id, type=type, data=data))
+    # A Core insert, not session.add: no unit-of-work flush on the workers' hot path.
+    session.execute(insert(JobEvent).values(job_id=job_id, type=type, data=data))
 
 
 def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
 
 
 def normalize_url(url: str) -> str:
@@ -37,7 +40,33 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=20, max_overflow=20)
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection that sat idle may have been closed by a database restart or a proxy.
+# SQLAlchemy's pool_pre_ping checks on every checkout, which costs a round trip per
+# transaction; a busy worker checks out thousands a second. Only connections idle this long
+# are checked (a failed check swaps in a new connection before anyone uses it).
+IDLE_PING_SECONDS = 5.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _remember_checkin(_dbapi_conn, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn, record, _proxy):
+        if time.monotonic() - record.info.get("checked_in_at", float("inf")) < IDLE_PING_SECONDS:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            dbapi_conn.rollback()  # end the transaction the check opened
+        except Exception as exc:
+            raise DisconnectionError(str(exc)) from exc
 
 
 @lru_cache(maxsize=8)
@@ -57,6 +86,7 @@ class Database:
         self.url = normalize_url(url)
         self.engine = engine_for(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite has one writer at a time, and a thread that finds the file locked sleeps in
         # its busy handler (up to 100 ms a try). Within the process, threads take turns here
         # instead; other processes still meet the busy timeout.
@@ -72,6 +102,23 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only: it takes no writer turn (WAL readers never wait for the
+        writer) and anything changed in it is rolled back, never committed."""
+        with self._sessions() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+    def execute_autocommit(self, build: Callable[[str], tuple[Executable, dict[str, Any]]]) -> None:
+        """Run one statement as its own transaction: no BEGIN/COMMIT round trips. `build` gets
+        the dialect name ("sqlite", "postgresql") and returns the statement and its parameters."""
+        statement, params = build(self.engine.dialect.name)
+        with self._turns, self._autocommit.connect() as conn:
+            conn.execute(statement, params)
 
     @property
     def is_sqlite(self) -> bool:

@@ -160,3 +160,40 @@ def test_events_record_status_changes_in_order(database_url):
         events = repo.events_after(s, job_id, 0)
         assert [e.data["status"] for e in events] == ["queued", "cancelled"]
         assert repo.events_after(s, job_id, events[0].id)[0].data["status"] == "cancelled"
+
+
+async def test_step_checkpoints_record_attempts_and_outcomes(database_url):
+    from agents.context import StepUsage
+    from workers.step_store import DbStepStore
+
+    db = Database(database_url)
+    job_id = make_job(db)
+    store = DbStepStore(db, job_id)
+    await store.started("a")
+    await store.failed("a", "boom", StepUsage(calls=1, prompt_tokens=7))
+    await store.started("a")  # the retry: a second attempt on the same row
+    await store.finished("a", {"text": "ok"}, StepUsage(calls=1, completion_tokens=3, model="m"))
+    await store.finished("b", [1, 2], StepUsage())  # its running row was never written
+    with db.session() as s:
+        steps = {step.key: step for step in repo.list_steps(s, job_id)}
+    assert (steps["a"].status, steps["a"].attempt, steps["a"].error) == ("succeeded", 2, None)
+    assert (steps["a"].output, steps["a"].completion_tokens, steps["a"].model) == ({"text": "ok"}, 3, "m")
+    assert (steps["b"].status, steps["b"].output) == ("succeeded", [1, 2])
+    assert await store.succeeded() == {"a": {"text": "ok"}, "b": [1, 2]}
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(postgres_url, monkeypatch):
+    import sqlalchemy as sa
+
+    from db import session as session_module
+
+    db = Database(postgres_url)
+    with db.session() as s:
+        backend = s.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    with Database(postgres_url.rsplit("/", 1)[0] + "/postgres").session() as s:  # as a restart would
+        s.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    monkeypatch.setattr(session_module, "IDLE_PING_SECONDS", 0.0)
+    with db.session() as s:
+        assert s.execute(sa.text("SELECT pg_backend_pid()")).scalar() != backend
+    db.execute_autocommit(lambda dialect: repo.step_started(dialect, make_job(db), "k"))

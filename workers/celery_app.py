@@ -20,7 +20,7 @@ from celery.signals import worker_ready
 
 from agents.settings import Settings
 from db import repo
-from workers.runtime import RELEASED, WorkerRuntime
+from workers.runtime import RELEASED, WorkerRuntime, new_event_loop
 
 log = logging.getLogger("longform.worker")
 
@@ -47,7 +47,7 @@ class _LoopThread:
     """One event loop per worker process, on its own thread, running every job of the process."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.runtime = WorkerRuntime(settings)
         self.runtime.enqueue = enqueue
         self.runtime.prepare()

@@ -12,7 +12,7 @@ import threading
 
 from agents.settings import Settings
 from db import repo
-from workers.runtime import WorkerRuntime
+from workers.runtime import WorkerRuntime, new_event_loop
 
 log = logging.getLogger("longform.worker")
 
@@ -52,7 +52,7 @@ class EmbeddedWorker:
     # -- the worker loop ----------------------------------------------------------------------
 
     def _thread_main(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._wake = asyncio.Event()
         try:

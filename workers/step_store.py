@@ -39,15 +39,14 @@ class DbStepStore:
         self.db = db
         self.job_id = job_id
 
-    def _write(self, phase: str, fn, *args) -> None:
+    def _write(self, phase: str, statement, *args) -> None:
         start = time.perf_counter()
-        with self.db.session() as session:
-            fn(session, self.job_id, *args)
+        self.db.execute_autocommit(lambda dialect: statement(dialect, self.job_id, *args))
         CHECKPOINT_SECONDS.labels(phase).observe(time.perf_counter() - start)
 
     async def succeeded(self) -> dict[str, Any]:
         def load() -> dict[str, Any]:
-            with self.db.session() as session:
+            with self.db.reading() as session:
                 return repo.succeeded_steps(session, self.job_id)
 
         return await asyncio.to_thread(load)

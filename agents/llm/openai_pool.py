@@ -56,6 +56,9 @@ from agents.llm.types import (
 )
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO, which workers log by default: a line and CPU per model
+# call. The pool logs retries, failovers and errors itself.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 _CONNECT_TIMEOUT_S = 10.0
 _CONNECTIONS_PER_CLIENT = 16

@@ -51,7 +51,7 @@ def _dataset_job(state: AppState, dataset_id: str, who: Principal):
 @router.get("/datasets/{dataset_id}")
 def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     body = _dataset_job(state, dataset_id, who)
-    with state.db.session() as session:
+    with state.db.reading() as session:
         body["children"] = repo.children_status(session, dataset_id)
     return body
 

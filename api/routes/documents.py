@@ -87,18 +87,18 @@ def list_documents(
     state: AppState = Depends(get_state),
     who: Principal = Depends(principal),
 ):
-    with state.db.session() as session:
+    with state.db.reading() as session:
         docs = repo.list_documents(session, None if who.is_admin else who.owner, limit, offset)
         return {"items": [document_json(d) for d in docs], "limit": limit, "offset": offset}
 
 
 @router.get("/documents/{document_id}")
 def get_document(document_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
-    with state.db.session() as session:
+    with state.db.reading() as session:
         return document_json(load_visible_document(session, document_id, who))
 
 
 @router.get("/documents/{document_id}/text", response_class=PlainTextResponse)
 def get_document_text(document_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
-    with state.db.session() as session:
+    with state.db.reading() as session:
         return PlainTextResponse(load_visible_document(session, document_id, who).text, media_type="text/plain; charset=utf-8")

@@ -93,7 +93,7 @@ def list_jobs(
 ):
     if status and any(s not in JOB_STATUSES for s in status.split(",")):
         raise HTTPException(422, f"status must be among {', '.join(JOB_STATUSES)}")
-    with state.db.session() as session:
+    with state.db.reading() as session:
         jobs, total = repo.list_jobs(
             session, owner=None if who.is_admin else who.owner, status=status, kind=kind,
             parent_id=parent_id, limit=limit, offset=offset,
@@ -112,7 +112,7 @@ def load_visible_job(session, job_id: str, who: Principal) -> Job:
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
-    with state.db.session() as session:
+    with state.db.reading() as session:
         return job_json(session, load_visible_job(session, job_id, who))
 
 
@@ -149,7 +149,7 @@ def steps(
     state: AppState = Depends(get_state),
     who: Principal = Depends(principal),
 ):
-    with state.db.session() as session:
+    with state.db.reading() as session:
         load_visible_job(session, job_id, who)
         return {"items": [step_json(s, with_output) for s in repo.list_steps(session, job_id)]}
 
@@ -167,12 +167,12 @@ async def events(
     Events are read from the database, so a client that reconnects with Last-Event-ID
     misses nothing, whichever API replica it reaches.
     """
-    with state.db.session() as session:
+    with state.db.reading() as session:
         load_visible_job(session, job_id, who)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 
     def fetch(after_id: int):
-        with state.db.session() as session:
+        with state.db.reading() as session:
             rows = repo.events_after(session, job_id, after_id)
             status = session.get(Job, job_id).status
             return [(e.id, e.type, e.data) for e in rows], status

@@ -25,7 +25,7 @@ def healthz():
 
 
 def _check_database(state: AppState) -> dict:
-    with state.db.session() as session:
+    with state.db.reading() as session:
         session.execute(text("SELECT 1"))
     current, head = current_revision(state.settings.database_url), head_revision(state.settings.database_url)
     if current != head:
@@ -90,7 +90,7 @@ class JobStoreCollector:
         self.state = state
 
     def collect(self):
-        with self.state.db.session() as session:
+        with self.state.db.reading() as session:
             jobs = repo.count_jobs_by_status(session)
             steps = repo.count_steps_by_status(session)
             tokens = repo.token_totals(session)
