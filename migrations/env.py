@@ -1,6 +1,5 @@
 """Alembic environment: runs migrations against the URL set by db.schema.alembic_config."""
 from alembic import context
-from sqlalchemy import pool
 
 from db.models import Base
 from db.session import make_engine
