@@ -18,13 +18,14 @@ import asyncio
 import hashlib
 import json
 import math
-import random
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from statistics import fmean, median
 from typing import Any, Iterable
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from agents.length_target import parse_target_words
@@ -203,6 +204,12 @@ class Sample:
     method: str = ""
     dropped_by: str | None = None  # set by apply_gates
     extra: dict[str, Any] = field(default_factory=dict)
+    features: TextFeatures | None = None  # what the gates measure of the text, computed once
+
+    def gate_features(self, shingle_size: int) -> TextFeatures:
+        if self.features is None or self.features.shingle_size != shingle_size:
+            self.features = text_features(self.text, shingle_size)
+        return self.features
 
     @classmethod
     def from_write_job(cls, status: str, params: dict[str, Any] | None, result: dict[str, Any] | None) -> "Sample":
@@ -251,6 +258,7 @@ class GateSettings(BaseModel):
     shingle_size: int = Field(5, ge=1, le=20)
 
 
+_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
 _UNIT = re.compile(r"[\u4e00-\u9fff]|[^\W\u4e00-\u9fff]+")
 
 
@@ -259,30 +267,81 @@ def text_units(text: str) -> list[str]:
     return _UNIT.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
+# N-grams are compared by 64-bit hashes, computed for all positions at once with numpy:
+# each unit is hashed once (crc32), and an n-gram's hash is a polynomial over its units'
+# hashes (uint64 arithmetic wraps). Collisions are negligible at these sizes, and the
+# hashes are the same in every process, so the gates decide the same way on every run.
+_NGRAM_MULTIPLIER = 0x9E3779B97F4A7C15
+
+
+def _unit_hashes(units: list[str]):
+    return np.fromiter((zlib.crc32(u.encode()) for u in units), dtype=np.uint64, count=len(units))
+
+
+def _ngram_hashes(unit_hashes, n: int):
+    """Hash of the n-gram starting at each position (empty when there are fewer than n units)."""
+    count = len(unit_hashes) - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        acc = np.zeros(count, dtype=np.uint64)
+        for k in range(n):
+            acc = acc * np.uint64(_NGRAM_MULTIPLIER) + unit_hashes[k:k + count] + np.uint64(1)
+    return acc
+
+
+def _repeated_share(gram_hashes) -> float:
+    if len(gram_hashes) == 0:
+        return 0.0
+    return 1.0 - len(np.unique(gram_hashes)) / len(gram_hashes)
+
+
 def repeated_ngram_share(units: list[str], n: int) -> float:
     """Share of n-gram occurrences that repeat an earlier one (0 for texts shorter than n)."""
-    total = len(units) - n + 1
-    if total <= 0:
-        return 0.0
-    distinct = len({tuple(units[i:i + n]) for i in range(total)})
-    return 1.0 - distinct / total
+    return _repeated_share(_ngram_hashes(_unit_hashes(units), n))
+
+
+def _ngram_scale(units: list[str]) -> int:
+    """2 for CJK-dominant text (a word is about two characters), else 1."""
+    cjk = len(_CJK_CHAR.findall("".join(units)))  # every CJK character is a unit of its own
+    return 2 if units and cjk * 2 > len(units) else 1
 
 
 def repetition(text: str) -> dict[str, float]:
     """{"4gram": share, "8gram": share}; CJK-dominant text uses 8- and 16-character grams."""
     units = text_units(text)
-    cjk = sum(1 for u in units if len(u) == 1 and "\u4e00" <= u <= "\u9fff")
-    scale = 2 if units and cjk * 2 > len(units) else 1
-    return {"4gram": repeated_ngram_share(units, 4 * scale), "8gram": repeated_ngram_share(units, 8 * scale)}
+    return _repetition(units, _unit_hashes(units))
 
 
-def gate_failure(sample: Sample, settings: GateSettings) -> str | None:
+def _repetition(units: list[str], unit_hashes) -> dict[str, float]:
+    scale = _ngram_scale(units)
+    return {"4gram": _repeated_share(_ngram_hashes(unit_hashes, 4 * scale)),
+            "8gram": _repeated_share(_ngram_hashes(unit_hashes, 8 * scale))}
+
+
+@dataclass
+class TextFeatures:
+    """What the gates need of one text, computed in one pass over its units."""
+
+    repetition: dict[str, float]
+    shingle_size: int
+    shingles: Any  # sorted unique uint64 hashes of its word shingles
+
+
+def text_features(text: str, shingle_size: int) -> TextFeatures:
+    units = text_units(text)
+    hashes = _unit_hashes(units)
+    shingles = _ngram_hashes(hashes, shingle_size) if len(units) >= shingle_size else _ngram_hashes(hashes, len(units))
+    return TextFeatures(repetition=_repetition(units, hashes), shingle_size=shingle_size, shingles=np.unique(shingles))
+
+
+def gate_failure(sample: Sample, settings: GateSettings, features: TextFeatures | None = None) -> str | None:
     """The first per-sample gate `sample` fails (duplicates are checked across samples)."""
     if sample.status != "succeeded" or not sample.text.strip():
         return "failed"
     if settings.drop_truncated and sample.truncated:
         return "truncated"
-    rep = repetition(sample.text)
+    rep = features.repetition if features is not None else repetition(sample.text)
     if rep["4gram"] > settings.max_repeated_4gram_share or rep["8gram"] > settings.max_repeated_8gram_share:
         return "repetitive"
     if sample.target_words:
@@ -294,31 +353,32 @@ def gate_failure(sample: Sample, settings: GateSettings) -> str | None:
     return None
 
 
-_MINHASH_PERMS = 64
+_MINHASH_BITS = 6
+_MINHASH_PERMS = 1 << _MINHASH_BITS
+_MINHASH_SEED = 0x5EED5EED5EED5EED
 _LSH_BANDS = 16  # 16 bands of 4 rows: pairs at Jaccard 0.8 collide with probability > 0.999
-_PRIME = (1 << 31) - 1  # a*h + b stays below 2**63 with a, b, h < 2**31
 
 
-def _shingle_hashes(text: str, size: int) -> set[int]:
-    units = text_units(text)
-    grams = [tuple(units[i:i + size]) for i in range(len(units) - size + 1)] if len(units) >= size else [tuple(units)]
-    return {int.from_bytes(hashlib.blake2b("\x1f".join(g).encode(), digest_size=8).digest(), "big")
-            for g in grams if g}
+def _minhash(shingles) -> tuple[int, ...]:
+    """One-permutation MinHash: each shingle hash is mixed once and falls into one of
+    _MINHASH_PERMS bins by its top bits; a bin's value is its smallest mixed hash (2**64 - 1
+    when empty). Linear in the shingles, and as good for LSH candidates (exact Jaccard decides)."""
+    empty = np.iinfo(np.uint64).max
+    signature = np.full(_MINHASH_PERMS, empty, dtype=np.uint64)
+    if len(shingles):
+        with np.errstate(over="ignore"):
+            mixed = (shingles ^ np.uint64(_MINHASH_SEED)) * np.uint64(_NGRAM_MULTIPLIER)
+        bins = (mixed >> np.uint64(64 - _MINHASH_BITS)).astype(np.intp)
+        np.minimum.at(signature, bins, mixed)
+    return tuple(int(x) for x in signature)
 
 
-def _minhash(hashes: set[int], a, b) -> tuple[int, ...]:
-    import numpy as np
-
-    if not hashes:
-        return tuple([0] * len(a))
-    values = np.fromiter((h % _PRIME for h in hashes), dtype=np.uint64, count=len(hashes))
-    return tuple(int(x) for x in ((a[:, None] * values[None, :] + b[:, None]) % _PRIME).min(axis=1))
-
-
-def jaccard(a: set[int], b: set[int]) -> float:
-    if not a and not b:
+def jaccard(a, b) -> float:
+    """Jaccard similarity of two sorted unique hash arrays."""
+    if len(a) == 0 and len(b) == 0:
         return 1.0
-    return len(a & b) / len(a | b)
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
 
 
 def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None) -> tuple[list[Sample], dict[str, int]]:
@@ -326,18 +386,14 @@ def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None)
     for every gate in GATES). Each dropped sample's `dropped_by` names its gate."""
     settings = settings or GateSettings()
     counts = {g: 0 for g in GATES}
-    import numpy as np
-
-    rng = random.Random(0x5EED)  # fixed: MinHash must be the same on every run
-    perm_a = np.array([rng.randrange(1, _PRIME) for _ in range(_MINHASH_PERMS)], dtype=np.uint64)
-    perm_b = np.array([rng.randrange(0, _PRIME) for _ in range(_MINHASH_PERMS)], dtype=np.uint64)
     rows = _MINHASH_PERMS // _LSH_BANDS
     seen_exact: set[str] = set()
     buckets: dict[tuple[int, tuple[int, ...]], list[int]] = {}
-    kept_shingles: list[set[int]] = []
+    kept_shingles: list[Any] = []
     kept: list[Sample] = []
     for sample in samples:
-        sample.dropped_by = gate_failure(sample, settings)
+        features = sample.gate_features(settings.shingle_size) if sample.status == "succeeded" else None
+        sample.dropped_by = gate_failure(sample, settings, features)
         if sample.dropped_by is None and settings.drop_duplicates:
             key = hashlib.sha256(normalize_text(sample.text).encode()).hexdigest()
             if key in seen_exact:
@@ -345,8 +401,8 @@ def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None)
             else:
                 seen_exact.add(key)
         if sample.dropped_by is None and settings.near_duplicate_threshold is not None:
-            shingles = _shingle_hashes(sample.text, settings.shingle_size)
-            signature = _minhash(shingles, perm_a, perm_b)
+            shingles = features.shingles
+            signature = _minhash(shingles)
             bands = [(b, signature[b * rows:(b + 1) * rows]) for b in range(_LSH_BANDS)]
             candidates = sorted({i for band in bands for i in buckets.get(band, [])})
             if any(jaccard(shingles, kept_shingles[i]) >= settings.near_duplicate_threshold for i in candidates):

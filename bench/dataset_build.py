@@ -74,7 +74,7 @@ def main() -> None:
                     state = client.get(f"/v1/jobs/{job_id}").json()
                     if state["status"] in ("succeeded", "failed", "cancelled"):
                         break
-                    time.sleep(0.25)
+                    time.sleep(0.1)
                 elapsed = time.perf_counter() - start
         finally:
             proc.stop()

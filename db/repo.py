@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta, timezone
 from functools import lru_cache
 from typing import Any, Iterable
@@ -14,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, Document, Job, JobEvent, Score, Step, utcnow
+from db.models import FINISHED_STATUSES, ApiKey, Document, Job, JobEvent, Score, Step, utcnow
 
 
 # The workers' hot paths update the jobs table with Core statements: no ORM bulk-update work.
@@ -159,28 +160,57 @@ def requeue_for_retry(session: Session, job: Job) -> None:
     add_event(session, job.id, "status", {"status": "queued", "retry": True})
 
 
-def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> tuple[str, dict, int, int] | None:
-    """Take a job to run: a queued one, or a running one whose worker stopped heartbeating.
+@dataclass
+class ClaimedJob:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    priority: int
+    runs: int  # including this one
+    succeeded: dict[str, Any]  # outputs of the steps earlier runs finished, by key
 
-    Atomic (one UPDATE), so a task delivered twice runs the job once. Returns the job's
-    (kind, params, priority, runs including this one), or None when it is not ours to run.
+
+def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float) -> list[ClaimedJob]:
+    """Take jobs to run: queued ones, or running ones whose worker stopped heartbeating.
+
+    Atomic (one UPDATE for all of them), so a job offered twice runs once. Returns the jobs
+    this worker got, with the steps their earlier runs finished; the rest are not ours.
     """
+    if not job_ids:
+        return []
     now = utcnow()
     stale = now - timedelta(seconds=lease_s)
-    row = session.execute(
+    rows = session.execute(
         update(JOBS)
         .where(
-            JOBS.c.id == job_id,
+            JOBS.c.id.in_(job_ids),
             JOBS.c.cancel_requested.is_(False),
             or_(JOBS.c.status == "queued", (JOBS.c.status == "running") & (JOBS.c.heartbeat_at < stale)),
         )
         .values(status="running", worker=worker, heartbeat_at=now, runs=JOBS.c.runs + 1, started_at=func.coalesce(JOBS.c.started_at, now))
-        .returning(JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs)
-    ).first()
-    if row is None:
-        return None
-    add_event(session, job_id, "status", {"status": "running", "run": row.runs})
-    return row.kind, row.params, row.priority, row.runs
+        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs)
+    ).all()
+    if not rows:
+        return []
+    session.execute(insert(JobEvent), [
+        {"job_id": row.id, "type": "status", "data": {"status": "running", "run": row.runs}} for row in rows
+    ])
+    # A first run has no earlier steps to load.
+    resumed = [row.id for row in rows if row.runs > 1]
+    steps: dict[str, dict[str, Any]] = {job_id: {} for job_id in resumed}
+    if resumed:
+        found = session.execute(
+            select(Step.job_id, Step.key, Step.output).where(Step.job_id.in_(resumed), Step.status == "succeeded")
+        )
+        for job_id, key, output in found:
+            steps[job_id][key] = output
+    return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {})) for row in rows]
+
+
+def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> ClaimedJob | None:
+    """claim_jobs for one job: the job, or None when it is not ours to run."""
+    claimed = claim_jobs(session, [job_id], worker, lease_s)
+    return claimed[0] if claimed else None
 
 
 def heartbeat(session: Session, worker: str, job_ids: Iterable[str]) -> set[str]:
@@ -270,6 +300,15 @@ def runnable_jobs(
     if excluded:
         query = query.where(Job.id.not_in(excluded))
     return [tuple(row) for row in session.execute(query)]
+
+
+def finished_children(session: Session, parent_id: str, exclude: Iterable[str] = ()) -> list[Job]:
+    """Children of a job that have finished, but for those in `exclude`."""
+    query = select(Job).where(Job.parent_id == parent_id, Job.status.in_(FINISHED_STATUSES))
+    excluded = set(exclude)
+    if excluded:
+        query = query.where(Job.id.not_in(excluded))
+    return list(session.scalars(query))
 
 
 def children_status(session: Session, parent_id: str) -> dict[str, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
@@ -106,12 +106,16 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for reads only: it takes no writer turn (WAL readers never wait for the
-        writer) and anything changed in it is rolled back, never committed."""
+        writer) and is never committed. Closing it ends its transaction; loaded objects stay
+        readable (a rollback would expire them)."""
         with self._sessions() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A Core connection in one transaction, committed at the end (with the writer turn)."""
+        with self._turns, self.engine.begin() as conn:
+            yield conn
 
     def execute_autocommit(self, build: Callable[[str], tuple[Executable, dict[str, Any]]]) -> None:
         """Run one statement as its own transaction: no BEGIN/COMMIT round trips. `build` gets

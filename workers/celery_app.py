@@ -53,6 +53,7 @@ class _LoopThread:
         self.runtime.prepare()
         self.thread = threading.Thread(target=self.loop.run_forever, name="longform-jobs", daemon=True)
         self.thread.start()
+        self.run(self.runtime.warm_up())
 
     def run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

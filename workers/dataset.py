@@ -87,6 +87,8 @@ async def run(ctx: JobContext, params: DatasetParams) -> dict[str, Any]:
 
     child_ids = await ctx.step("spawn", spawn)
     total = len(child_ids)
+    measured = MeasuredChildren(params.gates.shingle_size)
+    measured_count = 0
     while True:
         counts = await runtime.children_status(ctx.job_id)
         finished = sum(counts.get(s, 0) for s in FINISHED_STATUSES)
@@ -94,19 +96,51 @@ async def run(ctx: JobContext, params: DatasetParams) -> dict[str, Any]:
         if finished >= total:
             break
         ctx.check_cancelled()
-        await asyncio.sleep(0.25)  # one cheap grouped count; the export starts as soon as the last child ends
+        # One cheap grouped count per poll; meanwhile the texts finished so far are measured
+        # for the gates, so the export after the last child has little left to do.
+        pause = asyncio.sleep(0.1)
+        if finished > measured_count:
+            await asyncio.gather(asyncio.to_thread(measured.update, runtime.db, ctx.job_id), pause)
+            measured_count = finished
+        else:
+            await pause
 
-    export = await asyncio.to_thread(write_export, runtime.db, ctx.job_id, params, Path(ctx.settings.longform_data_dir))
+    export = await asyncio.to_thread(
+        write_export, runtime.db, ctx.job_id, params, Path(ctx.settings.longform_data_dir), measured)
     export["rejected_lines"] = resolved["rejected_lines"]
     return export
 
 
-def collect_samples(db, parent_id: str) -> list[ds.Sample]:
+class MeasuredChildren:
+    """Finished children as samples with their gate features, measured while the other
+    children still run, so that the export after the last one has little left to do."""
+
+    def __init__(self, shingle_size: int):
+        self.shingle_size = shingle_size
+        self._samples: dict[tuple[str, Any], ds.Sample] = {}  # by (child id, finished_at)
+
+    def update(self, db, parent_id: str) -> None:
+        """Measure the children that finished since the last call."""
+        with db.reading() as session:
+            children = repo.finished_children(session, parent_id, exclude={child_id for child_id, _ in self._samples})
+        for child in children:
+            sample = ds.Sample.from_write_job(child.status, child.params, child.result)
+            if sample.status == "succeeded":
+                sample.gate_features(self.shingle_size)
+            self._samples[(child.id, child.finished_at)] = sample
+
+    def get(self, child) -> ds.Sample | None:
+        """The measured sample of this child, unless it changed since (a retried child)."""
+        return self._samples.get((child.id, child.finished_at))
+
+
+def collect_samples(db, parent_id: str, measured: MeasuredChildren | None = None) -> list[ds.Sample]:
     """Every child of a dataset job as a sample for the gates, in item order."""
-    with db.session() as session:
+    with db.reading() as session:
         children, _ = repo.list_jobs(session, parent_id=parent_id, limit=1_000_000)
-        children.sort(key=lambda j: (j.created_at, j.id))
-        return [ds.Sample.from_write_job(child.status, child.params, child.result) for child in children]
+    children.sort(key=lambda j: (j.created_at, j.id))
+    return [(measured and measured.get(child)) or ds.Sample.from_write_job(child.status, child.params, child.result)
+            for child in children]
 
 
 def build_export(db, parent_id: str, gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -115,21 +149,22 @@ def build_export(db, parent_id: str, gates: ds.GateSettings, fmt: str) -> tuple[
     return ds.export_records(kept, fmt), ds.dataset_stats(samples, kept, gate_counts)
 
 
-def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path) -> dict[str, Any]:
+def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path,
+                 measured: MeasuredChildren | None = None) -> dict[str, Any]:
     """Write one JSONL per format and stats.json under the data directory."""
     out_dir = data_dir / "datasets" / parent_id
     out_dir.mkdir(parents=True, exist_ok=True)
+    samples = collect_samples(db, parent_id, measured)
+    kept, gate_counts = ds.apply_gates(samples, params.gates)
+    stats = ds.dataset_stats(samples, kept, gate_counts)
     files: dict[str, str] = {}
-    stats: dict[str, Any] = {}
     for fmt in params.formats:
-        records, stats = build_export(db, parent_id, params.gates, fmt)
         path = out_dir / f"{fmt}.jsonl"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ds.export_records(kept, fmt)), encoding="utf-8")
         tmp.replace(path)  # readers never see a half-written file
         files[fmt] = str(path)
     stats_path = out_dir / "stats.json"
     stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
     files["stats"] = str(stats_path)
     return {"files": files, "stats": stats, "kept": stats.get("kept"), "items": stats.get("items")}
-

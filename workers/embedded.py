@@ -66,16 +66,17 @@ class EmbeddedWorker:
 
     async def _main(self) -> None:
         capacity = self.settings.worker_concurrency
+        warm_up = asyncio.create_task(self.runtime.warm_up())
         while not self._stopping:
             free = capacity - len(self.tasks)
             if free > 0:
-                try:
-                    job_ids = await asyncio.to_thread(self._runnable, free)
+                try:  # claimed in one transaction: a burst of new jobs starts at once
+                    claimed = await self.runtime.claim_runnable(free, exclude=set(self.tasks))
                 except Exception:
                     log.exception("could not poll the job queue")
-                    job_ids = []
-                for job_id in job_ids:
-                    self.tasks[job_id] = asyncio.create_task(self._run(job_id))
+                    claimed = []
+                for job in claimed:
+                    self.tasks[job.id] = asyncio.create_task(self._run(job))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
@@ -83,16 +84,13 @@ class EmbeddedWorker:
                 pass
         for task in self.tasks.values():
             task.cancel()  # each hands its job back to the queue
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(warm_up, *self.tasks.values(), return_exceptions=True)
         await self.runtime.aclose()
 
-    def _runnable(self, limit: int) -> list[str]:
-        with self.runtime.db.session() as session:
-            return repo.runnable_job_ids(session, self.settings.job_lease_seconds, limit, exclude=self.tasks)
-
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job: repo.ClaimedJob) -> None:
+        job_id = job.id
         try:
-            await self.runtime.run_job(job_id)
+            await self.runtime.run_claimed(job)
         except asyncio.CancelledError:
             pass
         except Exception:

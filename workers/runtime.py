@@ -7,11 +7,14 @@ pool's limits.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 from agents.context import JobCancelled, JobContext
@@ -31,14 +34,31 @@ RELEASED = "released"  # handed back to the queue unfinished (time slice over, s
 
 
 
+# Blocking work of the jobs (claims, final results, events, reads, big tokenizations) runs on
+# the loop's default executor; step checkpoints have their own writer thread. asyncio sizes
+# the executor by CPU count (6 threads on 2 cores), too few for hundreds of I/O-bound jobs:
+# reads queued behind writes. Many more only make the threads fight over the one SQLite
+# writer and the GIL (measured with bench/overhead.py and bench/dataset_build.py).
+BLOCKING_THREADS = 12
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """The loop a worker runs its jobs on: uvloop where installed (it comes with uvicorn's
     standard extras on Linux and cuts the loop's own CPU per request), else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="longform-io"))
+    return loop
+
+
+def _calibration_text(prompts: int = 40) -> str:
+    path = Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl"
+    with path.open(encoding="utf-8") as lines:
+        return "\n".join(json.loads(line)["prompt"] for line, _ in zip(lines, range(prompts)))
 
 
 class WorkerRuntime:
@@ -86,6 +106,14 @@ class WorkerRuntime:
         _ = self.llm, self.judge
         count_tokens("warm up")
 
+    async def warm_up(self) -> None:
+        """Calibrate the model's token count once at start-up, so a burst of first jobs does
+        not wait for it (mixed English and Chinese text from the bundled prompt set)."""
+        try:
+            await self.llm.count_tokens(_calibration_text())
+        except Exception as exc:  # the model server may not be up yet: jobs calibrate later
+            log.info("token count calibration at start-up failed: %s", exc)
+
     async def aclose(self) -> None:
         for client in (self._llm, self._judge):
             if client is not None:
@@ -99,12 +127,25 @@ class WorkerRuntime:
         return await asyncio.to_thread(call)
 
     async def run_job(self, job_id: str, *, time_slice_s: float | None = None) -> str:
-        """Run a job to an end, or until its time slice is over. Returns the outcome."""
-        lease = self.settings.job_lease_seconds
-        claimed = await self._db(self._claim, job_id, lease)
+        """Claim a job and run it to an end, or until its time slice is over. Returns the outcome."""
+        claimed = await self._db(repo.claim_job, job_id, self.worker_id, self.settings.job_lease_seconds)
         if claimed is None:
             return SKIPPED
-        kind_name, params_json, priority, succeeded = claimed
+        return await self.run_claimed(claimed, time_slice_s=time_slice_s)
+
+    async def claim_runnable(self, limit: int, exclude: set[str]) -> list[repo.ClaimedJob]:
+        """Claim up to `limit` runnable jobs (by priority, then age) in one transaction."""
+        lease = self.settings.job_lease_seconds
+
+        def claim(session) -> list[repo.ClaimedJob]:
+            job_ids = repo.runnable_job_ids(session, lease, limit, exclude=exclude)
+            return repo.claim_jobs(session, job_ids, self.worker_id, lease)
+
+        return await self._db(claim)
+
+    async def run_claimed(self, claimed: repo.ClaimedJob, *, time_slice_s: float | None = None) -> str:
+        """Run a job this worker has claimed."""
+        job_id, kind_name, params_json, priority = claimed.id, claimed.kind, claimed.params, claimed.priority
         cancel_flag = asyncio.Event()
         try:
             kind = get_kind(kind_name)
@@ -124,7 +165,7 @@ class WorkerRuntime:
             judge=self.judge,
             load_document=self._load_document,
             load_job_result=self._load_job_result,
-            succeeded=succeeded,
+            succeeded=claimed.succeeded,
         )
         ctx.runtime = self  # the dataset kind spawns child jobs through it
         agent = asyncio.create_task(kind.runner()(ctx, params), name=f"job-{job_id}")
@@ -152,15 +193,6 @@ class WorkerRuntime:
             await self._db(repo.release_job, job_id, self.worker_id)
             return RELEASED
         return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
-
-    def _claim(self, session, job_id: str, lease: float):
-        """Claim the job and load its finished steps in one transaction."""
-        claimed = repo.claim_job(session, job_id, self.worker_id, lease)
-        if claimed is None:
-            return None
-        kind, params, priority, runs = claimed
-        first_run = runs == 1  # no earlier run can have stored a step
-        return kind, params, priority, {} if first_run else repo.succeeded_steps(session, job_id)
 
     def _ensure_keeper(self) -> None:
         if self._keeper is None or self._keeper.done():

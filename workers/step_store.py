@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
-
-from prometheus_client import Histogram
 
 from agents.context import StepUsage
 from db import repo
 from db.session import Database
+from workers.checkpoint_writer import writer_for
 
 
 def _usage_columns(usage: StepUsage) -> dict[str, Any]:
@@ -26,23 +24,11 @@ def _usage_columns(usage: StepUsage) -> dict[str, Any]:
     }
 
 
-CHECKPOINT_SECONDS = Histogram(
-    "longform_step_checkpoint_seconds",
-    "Time to write a step checkpoint to the database (start: the running row; finish: the output)",
-    ["phase"],
-    buckets=(0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
-)
-
-
 class DbStepStore:
     def __init__(self, db: Database, job_id: str):
         self.db = db
         self.job_id = job_id
-
-    def _write(self, phase: str, statement, *args) -> None:
-        start = time.perf_counter()
-        self.db.execute_autocommit(lambda dialect: statement(dialect, self.job_id, *args))
-        CHECKPOINT_SECONDS.labels(phase).observe(time.perf_counter() - start)
+        self._writer = writer_for(db)
 
     async def succeeded(self) -> dict[str, Any]:
         def load() -> dict[str, Any]:
@@ -52,15 +38,15 @@ class DbStepStore:
         return await asyncio.to_thread(load)
 
     async def started(self, key: str) -> None:
-        await asyncio.to_thread(self._write, "start", repo.step_started, key)
+        await self._writer.write("start", lambda dialect: repo.step_started(dialect, self.job_id, key))
 
     async def finished(self, key: str, output: Any, usage: StepUsage) -> None:
         values = {"output": output, **_usage_columns(usage)}
-        await asyncio.to_thread(self._write, "finish", repo.step_ended, key, "succeeded", values)
+        await self._writer.write("finish", lambda dialect: repo.step_ended(dialect, self.job_id, key, "succeeded", values))
 
     async def failed(self, key: str, error: str, usage: StepUsage) -> None:
         values = {"error": error[:4000], **_usage_columns(usage)}
-        await asyncio.to_thread(self._write, "finish", repo.step_ended, key, "failed", values)
+        await self._writer.write("finish", lambda dialect: repo.step_ended(dialect, self.job_id, key, "failed", values))
 
 
 class DbEventSink:

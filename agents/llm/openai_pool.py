@@ -175,7 +175,9 @@ class OpenAIPool:
         self._aux: httpx.AsyncClient | None = None  # probes and /tokenize
         # Token-count calibration against the server's tokenizer (see count_tokens).
         self._token_ratio: float | None = None
-        self._calibration_samples = 0
+        self._calibrations_started = 0  # successful or in flight
+        self._calibrations_inflight = 0
+        self._calibration_done = asyncio.Event()  # set (and replaced) as each one ends
         self._token_counts = 0
         self._closed = False
 
@@ -220,15 +222,35 @@ class OpenAIPool:
         if local < MIN_CALIBRATION_TOKENS:  # short: estimated, the slack covers the difference
             return local if self._token_ratio is None else math.ceil(local * self._token_ratio) + SMALL_TEXT_SLACK_TOKENS
         self._token_counts += 1
-        if self._calibration_samples < CALIBRATION_SAMPLES or self._token_counts % RECHECK_EVERY == 0:
-            exact = await self._server_token_count(endpoint, text)
+        if self._calibrations_started < CALIBRATION_SAMPLES or self._token_counts % RECHECK_EVERY == 0:
+            exact = await self._calibrate(endpoint, text, local)
             if exact is not None:
-                self._token_ratio = max(self._token_ratio or 0.0, exact / local)
-                self._calibration_samples += 1
                 return exact
+        else:
+            # Many jobs start at once: they wait for the first samples rather than each
+            # asking the server (which would be one round trip per job again).
+            while self._token_ratio is None and self._calibrations_inflight:
+                await self._calibration_done.wait()
         if self._token_ratio is None:
             return local
         return math.ceil(local * self._token_ratio) + SMALL_TEXT_SLACK_TOKENS
+
+    async def _calibrate(self, endpoint: _Endpoint, text: str, local: int) -> int | None:
+        """The server's count of `text`, folded into the server/local ratio."""
+        self._calibrations_started += 1
+        self._calibrations_inflight += 1
+        exact = None
+        try:
+            exact = await self._server_token_count(endpoint, text)
+            if exact is not None:
+                self._token_ratio = max(self._token_ratio or 0.0, exact / local)
+            return exact
+        finally:
+            if exact is None:
+                self._calibrations_started -= 1  # a failed sample does not count: a later text retries
+            self._calibrations_inflight -= 1
+            done, self._calibration_done = self._calibration_done, asyncio.Event()
+            done.set()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from functools import lru_cache
 from typing import Any, Iterator
 
 from jsonschema import validators
@@ -62,7 +63,14 @@ def parse_json_reply(text: str) -> Any:
 
 
 def make_validator(schema: dict[str, Any]):
-    """A jsonschema validator for the schema's declared draft (2020-12 when undeclared)."""
+    """A jsonschema validator for the schema's declared draft (2020-12 when undeclared).
+    Built once per distinct schema: checking a schema costs more than validating a reply."""
+    return _validator_for(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _validator_for(schema_json: str):
+    schema = json.loads(schema_json)
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     cls.check_schema(schema)  # a broken schema is a programming error: raise SchemaError now
     return cls(schema)
