@@ -197,3 +197,19 @@ def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(postgre
     with db.session() as s:
         assert s.execute(sa.text("SELECT pg_backend_pid()")).scalar() != backend
     db.execute_autocommit(lambda dialect: repo.step_started(dialect, make_job(db), "k"))
+
+
+async def test_concurrent_checkpoints_are_committed_together_and_a_bad_one_fails_alone(database_url):
+    from agents.context import StepUsage
+    from workers.step_store import DbStepStore
+
+    db = Database(database_url)
+    job_id = make_job(db)
+    store = DbStepStore(db, job_id)
+    orphan = DbStepStore(db, "no-such-job")  # its rows break the foreign key
+    writes = [store.finished(f"s{i}", {"i": i}, StepUsage(calls=1)) for i in range(40)]
+    outcomes = await asyncio.gather(*writes[:20], orphan.finished("x", 1, StepUsage()), *writes[20:],
+                                    return_exceptions=True)
+    assert isinstance(outcomes[20], Exception)
+    assert [o for k, o in enumerate(outcomes) if k != 20] == [None] * 40
+    assert await store.succeeded() == {f"s{i}": {"i": i} for i in range(40)}
