@@ -25,9 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import prompts  # noqa: E402
 from agents import summarize  # noqa: E402
 from agents.context import JobContext, MemoryStepStore  # noqa: E402
 from agents.llm.openai_pool import OpenAIPool  # noqa: E402
+from agents.text import count_tokens  # noqa: E402
 from fakellm.runner import FakeServer  # noqa: E402
 
 BOOK = Path(__file__).resolve().parent.parent / "tests" / "data" / "pride_and_prejudice.txt"
@@ -107,6 +109,10 @@ def main() -> None:
     args = ap.parse_args()
 
     book = BOOK.read_text(encoding="utf-8")
+    # As a worker does at start-up (WorkerRuntime.prepare): neither timed run pays for
+    # loading the tokenizer or compiling the templates.
+    count_tokens("warm up")
+    prompts.warm()
     params = {
         "document_id": "pride_and_prejudice",
         "method": "hierarchical",

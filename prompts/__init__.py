@@ -42,3 +42,11 @@ def render(name: str, **variables: Any) -> Rendered:
     """Render `name` (a path under prompts/, e.g. "agentwrite/plan.j2")."""
     text = _environment().get_template(name).render(**variables).strip()
     return Rendered(text=text, template=name, template_hash=template_hash(name))
+
+
+def warm() -> None:
+    """Compile every template now (a worker does it at start-up, not in its first jobs)."""
+    env = _environment()
+    for name in env.list_templates(filter_func=lambda n: n.endswith(".j2")):
+        env.get_template(name)
+        template_hash(name)

@@ -99,12 +99,14 @@ class WorkerRuntime:
         return self._judge
 
     def prepare(self) -> None:
-        """Build the model clients and load the tokenizer at start-up (imports, configuration
-        errors) rather than in the first jobs."""
+        """Build the model clients, load the tokenizer and compile the prompt templates at
+        start-up (imports, configuration errors) rather than in the first jobs."""
+        import prompts
         from agents.text import count_tokens
 
         _ = self.llm, self.judge
         count_tokens("warm up")
+        prompts.warm()
 
     async def warm_up(self) -> None:
         """Calibrate the model's token count once at start-up, so a burst of first jobs does
