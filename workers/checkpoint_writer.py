@@ -73,7 +73,10 @@ class CheckpointWriter:
                     self._ready.wait()
                 batch, self._pending = self._pending, []
             started = time.perf_counter()
-            outcomes = self._commit(batch)
+            try:
+                outcomes = self._commit(batch)
+            except BaseException as exc:  # never leave a step waiting, nor the thread dead
+                outcomes = [exc] * len(batch)
             done = time.perf_counter()
             for item, error in zip(batch, outcomes):
                 if error is None:
