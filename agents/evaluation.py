@@ -42,6 +42,10 @@ class EvalItem:
     length: int  # required length, words / 字
 
 
+# The LongBench-Write prompts shipped with the package (see evaldata/SOURCES.md).
+BUNDLED_PROMPT_SET = Path(__file__).resolve().parent / "evaldata" / "longbench_write.jsonl"
+
+
 class PromptSetError(ValueError):
     """The prompt set file is malformed; the message lists every bad line by number."""
 

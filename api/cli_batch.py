@@ -15,8 +15,6 @@ import click
 
 from api.cli import CliFailure, cli, follow_job, load_settings, make_client, note, report_outcome
 
-DEFAULT_PROMPT_SET = Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl"
-
 
 @cli.group("eval")
 def eval_group() -> None:
@@ -42,7 +40,7 @@ def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, loca
     from api.cli import parse_params
 
     try:
-        items = evaluation.load_prompt_set(prompt_file or DEFAULT_PROMPT_SET)
+        items = evaluation.load_prompt_set(prompt_file or evaluation.BUNDLED_PROMPT_SET)
     except evaluation.PromptSetError as exc:
         raise CliFailure(str(exc), 2) from None
     items = items[:limit] if limit else items

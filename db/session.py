@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -117,10 +117,8 @@ class Database:
         with self._turns, self.engine.begin() as conn:
             yield conn
 
-    def execute_autocommit(self, build: Callable[[str], tuple[Executable, dict[str, Any]]]) -> None:
-        """Run one statement as its own transaction: no BEGIN/COMMIT round trips. `build` gets
-        the dialect name ("sqlite", "postgresql") and returns the statement and its parameters."""
-        statement, params = build(self.engine.dialect.name)
+    def execute_autocommit(self, statement: Executable, params: dict[str, Any]) -> None:
+        """Run one statement as its own transaction: no BEGIN/COMMIT round trips."""
         with self._turns, self._autocommit.connect() as conn:
             conn.execute(statement, params)
 

@@ -196,7 +196,7 @@ def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(postgre
     monkeypatch.setattr(session_module, "IDLE_PING_SECONDS", 0.0)
     with db.session() as s:
         assert s.execute(sa.text("SELECT pg_backend_pid()")).scalar() != backend
-    db.execute_autocommit(lambda dialect: repo.step_started(dialect, make_job(db), "k"))
+    db.execute_autocommit(*repo.step_started(db.engine.dialect.name, make_job(db), "k"))
 
 
 async def test_concurrent_checkpoints_are_committed_together_and_a_bad_one_fails_alone(database_url):

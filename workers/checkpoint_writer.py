@@ -101,7 +101,7 @@ class CheckpointWriter:
 
     def _commit_one(self, item: _Pending) -> BaseException | None:
         try:
-            self.db.execute_autocommit(lambda _dialect: (item.statement, item.params))
+            self.db.execute_autocommit(item.statement, item.params)
             return None
         except Exception as exc:
             return exc

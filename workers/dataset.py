@@ -143,10 +143,17 @@ def collect_samples(db, parent_id: str, measured: MeasuredChildren | None = None
             for child in children]
 
 
-def build_export(db, parent_id: str, gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    samples = collect_samples(db, parent_id)
+def gate_children(db, parent_id: str, gates: ds.GateSettings,
+                  measured: MeasuredChildren | None = None) -> tuple[list[ds.Sample], dict[str, Any]]:
+    """The children that pass the gates, and the dataset's stats."""
+    samples = collect_samples(db, parent_id, measured)
     kept, gate_counts = ds.apply_gates(samples, gates)
-    return ds.export_records(kept, fmt), ds.dataset_stats(samples, kept, gate_counts)
+    return kept, ds.dataset_stats(samples, kept, gate_counts)
+
+
+def build_export(db, parent_id: str, gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    kept, stats = gate_children(db, parent_id, gates)
+    return ds.export_records(kept, fmt), stats
 
 
 def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path,
@@ -154,9 +161,7 @@ def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path,
     """Write one JSONL per format and stats.json under the data directory."""
     out_dir = data_dir / "datasets" / parent_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = collect_samples(db, parent_id, measured)
-    kept, gate_counts = ds.apply_gates(samples, params.gates)
-    stats = ds.dataset_stats(samples, kept, gate_counts)
+    kept, stats = gate_children(db, parent_id, params.gates, measured)
     files: dict[str, str] = {}
     for fmt in params.formats:
         path = out_dir / f"{fmt}.jsonl"

@@ -7,14 +7,12 @@ pool's limits.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 from agents.context import JobCancelled, JobContext
@@ -31,7 +29,6 @@ log = logging.getLogger("longform.worker")
 # Outcomes of run_job besides the job statuses.
 SKIPPED = "skipped"  # another worker holds it, or it is already finished
 RELEASED = "released"  # handed back to the queue unfinished (time slice over, shutdown)
-
 
 
 # Blocking work of the jobs (claims, final results, events, reads, big tokenizations) runs on
@@ -56,9 +53,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _calibration_text(prompts: int = 40) -> str:
-    path = Path(__file__).resolve().parent.parent / "agents" / "evaldata" / "longbench_write.jsonl"
-    with path.open(encoding="utf-8") as lines:
-        return "\n".join(json.loads(line)["prompt"] for line, _ in zip(lines, range(prompts)))
+    from agents.evaluation import BUNDLED_PROMPT_SET, load_prompt_set
+
+    return "\n".join(item.prompt for item in load_prompt_set(BUNDLED_PROMPT_SET)[:prompts])
 
 
 class WorkerRuntime:
