@@ -14,7 +14,7 @@ pass a model's own counter to chunk by its tokens).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from agents.sentences import sentence_spans
 from agents.text import count_tokens as cl100k_tokens
@@ -23,10 +23,22 @@ PARAGRAPH_SEP = "\n\n"
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 
 
+class Chunk(NamedTuple):
+    text: str
+    tokens: int  # as counted by the chunker's count_tokens
+
+
 def chunk_text(
     text: str, chunk_size: int = 2048, count_tokens: Callable[[str], int] = cl100k_tokens
 ) -> list[str]:
     """Chunks of `text`, each at most `chunk_size` tokens (as counted by `count_tokens`)."""
+    return [chunk.text for chunk in counted_chunks(text, chunk_size, count_tokens)]
+
+
+def counted_chunks(
+    text: str, chunk_size: int = 2048, count_tokens: Callable[[str], int] = cl100k_tokens
+) -> list[Chunk]:
+    """The chunks of `chunk_text` with their token counts (the chunker counts them anyway)."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -47,9 +59,10 @@ def chunk_text(
             # Pieces keep their own leading/trailing spaces, so they rejoin with "".
             units.append((piece, PARAGRAPH_SEP if k == 0 else "", count_tokens(piece.strip())))
 
-    chunks: list[str] = []
+    chunks: list[Chunk] = []
     current: list[tuple[str, str]] = []
     current_tokens = 0
+    exact: int | None = None  # the real count of current's text, when known
     for unit_text, glue, n in units:
         glue_tokens = sep_tokens if glue else 0
         if current and current_tokens + glue_tokens + n > chunk_size:
@@ -57,18 +70,19 @@ def chunk_text(
             # count before closing, so packing stays greedy.
             actual = count_tokens(_join(current + [(unit_text, glue)]))
             if actual > chunk_size:
-                chunks.extend(_close(current, chunk_size, count_tokens))
-                current, current_tokens = [], 0
+                chunks.extend(_close(current, chunk_size, count_tokens, exact))
+                current, current_tokens, exact = [], 0, None
             else:
                 current.append((unit_text, glue))
-                current_tokens = actual
+                current_tokens = exact = actual
                 continue
         if not current:
             glue_tokens = 0
         current.append((unit_text, glue))
         current_tokens += glue_tokens + n
+        exact = n if len(current) == 1 else None  # a lone unit's text is what was counted
     if current:
-        chunks.extend(_close(current, chunk_size, count_tokens))
+        chunks.extend(_close(current, chunk_size, count_tokens, exact))
     return chunks
 
 
@@ -79,19 +93,22 @@ def _join(units: list[tuple[str, str]]) -> str:
     return out.strip()
 
 
-def _close(units: list[tuple[str, str]], chunk_size: int, count_tokens) -> list[str]:
-    """Join a packed chunk. Token counts are not exactly additive (BPE merges across joins):
-    if the joined text overflows, the last units move to a chunk of their own."""
+def _close(units: list[tuple[str, str]], chunk_size: int, count_tokens, tokens: int | None = None) -> list[Chunk]:
+    """Join a packed chunk (`tokens`: its count, when already known). Token counts are not
+    exactly additive (BPE merges across joins): if the joined text overflows, the last units
+    move to a chunk of their own."""
     joined = _join(units)
-    if len(units) == 1 or count_tokens(joined) <= chunk_size:
-        return [joined]
+    if tokens is None:
+        tokens = count_tokens(joined)
+    if len(units) == 1 or tokens <= chunk_size:
+        return [Chunk(joined, tokens)]
     cut = len(units) - 1
     while cut > 1 and count_tokens(_join(units[:cut])) > chunk_size:
         cut -= 1
     head = _join(units[:cut])
     rest = units[cut:]
     rest[0] = (rest[0][0], PARAGRAPH_SEP)
-    return [head, *_close(rest, chunk_size, count_tokens)]
+    return [Chunk(head, count_tokens(head)), *_close(rest, chunk_size, count_tokens)]
 
 
 def _split_paragraph(para: str, chunk_size: int, count_tokens) -> list[str]:

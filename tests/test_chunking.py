@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.chunking import chunk_text
+from agents.chunking import chunk_text, counted_chunks
 from agents.gutenberg import strip_gutenberg
 from agents.sentences import sentence_spans, split_sentences
 from agents.text import count_tokens
@@ -84,6 +84,14 @@ def test_book_chunks_respect_size_lose_nothing_and_are_deterministic(book, size)
 def test_pride_and_prejudice_at_2048_tokens():
     chunks = chunk_text(strip_gutenberg(BOOK.read_text(encoding="utf-8")), 2048)
     assert len(chunks) == 82  # 160,980 tokens in about 40 paragraphs per chunk
+
+
+@pytest.mark.parametrize("size", [2048, 100])
+def test_counted_chunks_carry_their_exact_token_counts(book, size):
+    text = book[:200_000] + "\n\n" + " ".join(f"Sentence {i} goes on." for i in range(400))  # one long paragraph
+    counted = counted_chunks(text, size)
+    assert [c.text for c in counted] == chunk_text(text, size)
+    assert all(c.tokens == count_tokens(c.text) <= size for c in counted)
 
 
 def test_oversized_paragraph_is_cut_at_sentence_ends():

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.chunking import chunk_text
+from agents.chunking import counted_chunks
 from agents.context import JobContext
 from agents.gutenberg import strip_gutenberg
 from agents.summarize.budgets import BudgetError
@@ -69,7 +69,7 @@ async def run(ctx: JobContext, params: SummarizeParams | dict[str, Any]) -> dict
     if params.strip_gutenberg:
         text = strip_gutenberg(text)
     # Chunking a whole book takes a few tenths of a second: keep the event loop free.
-    chunks = await asyncio.to_thread(chunk_text, text, params.chunk_size)
+    chunks = await asyncio.to_thread(counted_chunks, text, params.chunk_size)
     if not chunks:
         raise ValueError(f"document {params.document_id} has no text to summarize")
     if params.method == "hierarchical":

@@ -20,6 +20,7 @@ import asyncio
 from collections import deque
 from typing import Any, Awaitable
 
+from agents.chunking import Chunk
 from agents.context import JobContext
 from agents.summarize import budgets as B
 from agents.summarize.nodes import (
@@ -34,6 +35,7 @@ from agents.summarize.nodes import (
 from agents.text import count_tokens
 
 LABEL_TOKENS = 10  # 'Summary 12:\n"""\n...\n"""' around each merged input
+JOIN_SLACK_TOKENS = 8  # a text inside a template may count a few tokens more than apart
 
 
 def _template_tokens(template: str, **variables: Any) -> int:
@@ -70,22 +72,24 @@ class HierarchicalSummarizer:
     def __init__(
         self,
         ctx: JobContext,
-        chunks: list[str],
+        chunks: list[Chunk],
         target_words: int,
         merge_context: bool = True,
         length_samples: int = 1,
     ):
         self.ctx = ctx
-        self.chunks = chunks
+        self.chunks = [c.text for c in chunks]
+        self.chunk_tokens = [c.tokens for c in chunks]
+        self.chunk_template_tokens = chunk_template_tokens()
         self.target = target_words
         self.merge_context = merge_context
         self.length_samples = length_samples
         self.plan = B.plan_hierarchical(
             len(chunks),
             ctx.llm.context_window,
-            max(count_tokens(c) for c in chunks),
+            max(c.tokens for c in chunks),
             target_words,
-            chunk_template_tokens(),
+            self.chunk_template_tokens,
             merge_template_tokens(),
         )
         self.nodes: dict[str, dict[str, Any]] = {}  # tree nodes by id
@@ -158,6 +162,8 @@ class HierarchicalSummarizer:
         key = f"chunk/0/{i}"
         limit = self.plan.top_tokens if final else self.plan.limit(0)
         words = self.target if final else B.words_for(limit)
+        # Template (counted with the widest numbers) and chunk: no need to count each prompt.
+        prompt_tokens = self.chunk_template_tokens + self.chunk_tokens[i] + JOIN_SLACK_TOKENS
 
         async def summarize() -> dict[str, Any]:
             def render(asked: int) -> str:
@@ -173,10 +179,11 @@ class HierarchicalSummarizer:
             if final:
                 return await generate(
                     self.ctx, key, render, words, B.output_cap(limit), structural_problem,
-                    samples=self.length_samples, prefer=distance_to(self.target),
+                    samples=self.length_samples, prefer=distance_to(self.target), prompt_tokens=prompt_tokens,
                 )
             return await generate(
-                self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit), repair_limit=limit
+                self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit), repair_limit=limit,
+                prompt_tokens=prompt_tokens,
             )
 
         out = await self.ctx.step(key, summarize)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import prompts
+from agents.chunking import Chunk
 from agents.context import JobContext
 from agents.summarize import budgets as B
 from agents.summarize.nodes import (
@@ -49,13 +50,13 @@ def update_template_tokens() -> int:
 
 
 class IncrementalSummarizer:
-    def __init__(self, ctx: JobContext, chunks: list[str], target_words: int, length_samples: int = 1):
+    def __init__(self, ctx: JobContext, chunks: list[Chunk], target_words: int, length_samples: int = 1):
         self.ctx = ctx
         self.length_samples = length_samples
-        self.chunks = chunks
+        self.chunks = [c.text for c in chunks]
         self.target = target_words
         self.plan = B.plan_incremental(
-            ctx.llm.context_window, max(count_tokens(c) for c in chunks), target_words, update_template_tokens()
+            ctx.llm.context_window, max(c.tokens for c in chunks), target_words, update_template_tokens()
         )
         self.nodes: dict[str, dict[str, Any]] = {}
         self.calls = 0

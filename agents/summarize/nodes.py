@@ -108,12 +108,16 @@ def node_output(text: str, calls: int, attempts: int, problem: str | None, **ext
     }
 
 
-async def room_for_answer(client: LLMClient, messages: list[dict[str, str]], max_tokens: int) -> int:
+async def room_for_answer(
+    client: LLMClient, messages: list[dict[str, str]], max_tokens: int, prompt_tokens: int | None = None
+) -> int:
     """max_tokens, lowered if the prompt (in the model's own tokens) leaves less room.
 
     The budgets are planned in cl100k tokens with a margin; asking the server to count
-    (an extra request for HTTP backends) is only worth it when the prompt is near the limit."""
-    estimate = sum(count_tokens(m["content"]) for m in messages)
+    (an extra request for HTTP backends) is only worth it when the prompt is near the limit.
+    `prompt_tokens`, the caller's upper estimate of the prompt's cl100k tokens, saves
+    counting a prompt that is far from the limit."""
+    estimate = prompt_tokens if prompt_tokens is not None else sum(count_tokens(m["content"]) for m in messages)
     if estimate * TOKENIZER_WORST_CASE + max_tokens + 64 <= client.context_window:
         return max_tokens
     return await fit_max_tokens(client, messages, max_tokens)
@@ -140,6 +144,7 @@ async def generate(
     samples: int = 1,
     prefer: Callable[[str], float] | None = None,
     repair_limit: int | None = None,
+    prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Call the model until `check` passes (at most `attempts` rounds); run inside a step.
 
@@ -152,13 +157,14 @@ async def generate(
     candidate is kept (finished sentences and the smallest overflow first) and its problem
     recorded; an answer cut mid-sentence loses its unfinished tail. The output lists every
     call's asked and obtained word counts (`samples`), which length control uses to learn
-    the model's bias."""
+    the model's bias. `prompt_tokens`: an upper estimate of the prompt's size (see
+    room_for_answer)."""
     candidates: list[tuple[str, str | None, int]] = []
     seen: list[dict[str, int]] = []
 
     async def call(asked: int, seed: int, temperature: float) -> tuple[str, str | None, int]:
         messages = [{"role": "user", "content": render(asked)}]
-        room = await room_for_answer(ctx.llm, messages, max_tokens)
+        room = await room_for_answer(ctx.llm, messages, max_tokens, prompt_tokens)
         if room < min(max_tokens, 64):
             raise BudgetError(
                 f"{key}: the prompt leaves {room} tokens for the answer in the model's "
