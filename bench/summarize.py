@@ -31,12 +31,16 @@ from agents.context import JobContext, MemoryStepStore  # noqa: E402
 from agents.llm.openai_pool import OpenAIPool  # noqa: E402
 from agents.text import count_tokens  # noqa: E402
 from fakellm.runner import FakeServer  # noqa: E402
+from workers.runtime import calibration_text  # noqa: E402
 
 BOOK = Path(__file__).resolve().parent.parent / "tests" / "data" / "pride_and_prejudice.txt"
 
 
 async def run_once(base_url: str, inflight: int, book: str, params: dict) -> dict:
     pool = OpenAIPool([base_url], max_inflight=inflight, context_window=8192)
+    # A worker calibrates its token count at start-up (WorkerRuntime.warm_up); so does this
+    # pool, before the clock starts.
+    await pool.count_tokens(calibration_text())
     store = MemoryStepStore()
 
     async def load(_doc_id: str) -> str:

@@ -52,7 +52,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _calibration_text(prompts: int = 40) -> str:
+def calibration_text(prompts: int = 40) -> str:
+    """Mixed English and Chinese text (the bundled prompt set's first prompts) to calibrate
+    the model's token count with."""
     from agents.evaluation import BUNDLED_PROMPT_SET, load_prompt_set
 
     return "\n".join(item.prompt for item in load_prompt_set(BUNDLED_PROMPT_SET)[:prompts])
@@ -107,9 +109,9 @@ class WorkerRuntime:
 
     async def warm_up(self) -> None:
         """Calibrate the model's token count once at start-up, so a burst of first jobs does
-        not wait for it (mixed English and Chinese text from the bundled prompt set)."""
+        not wait for it."""
         try:
-            await self.llm.count_tokens(_calibration_text())
+            await self.llm.count_tokens(calibration_text())
         except Exception as exc:  # the model server may not be up yet: jobs calibrate later
             log.info("token count calibration at start-up failed: %s", exc)
 
