@@ -336,6 +336,26 @@ async def test_a_rambling_answer_is_cut_to_its_limit_after_two_tries():
     assert model.calls == 6 and out["problem"] == "cut off at max_tokens" and out["text"].endswith(".")
 
 
+async def test_room_for_answer_counts_only_prompts_near_the_limit():
+    from agents.summarize.nodes import room_for_answer
+
+    class Counting(Rambler):
+        counted = 0
+
+        async def count_tokens(self, text: str) -> int:
+            self.counted += 1
+            return len(text.split())
+
+    model = Counting()
+    near = [{"role": "user", "content": "word " * 6000}]
+    # Far from the limit by the caller's estimate: max_tokens as asked, nothing counted.
+    assert await room_for_answer(model, near, 500, prompt_tokens=1000) == 500 and model.counted == 0
+    # Near it (estimated or counted here): the model's count decides the room.
+    room = await room_for_answer(model, near, 3000, prompt_tokens=6000)
+    assert model.counted == 1 and room < 3000
+    assert await room_for_answer(model, near, 3000) == room and model.counted == 2
+
+
 async def test_incremental_with_a_rambling_model_stays_bounded(book):
     model = Rambler()
     text = first_words(strip_gutenberg(book), 1_500)
