@@ -73,6 +73,14 @@ def test_parse_length_takes_last_mention_and_largest_total():
     assert zh_number("两千五百") == 2500
 
 
+def test_parse_length_in_a_long_prompt():
+    filler = "She walked on through the fields, thinking of nothing in particular. " * 300
+    asked = parse_length("Summarize between 1,200 and 1,800 words.\n" + filler + "Summarize this part in at most 350 words.")
+    assert (asked.words, asked.bound, asked.largest) == (350, "at_most", 1800)
+    asked = parse_length(filler + "写一篇两千字的故事，" + "很" * 5000 + "500字以内")
+    assert (asked.words, asked.bound, asked.largest) == (500, "at_most", 2000)
+
+
 def test_generate_text_hits_exact_word_counts():
     for n in (1, 2, 7, 55, 301):
         assert count_words(generate_text(random.Random(n), "en", ["harbor"], n)) == n
