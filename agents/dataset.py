@@ -291,14 +291,10 @@ def _ngram_hashes(unit_hashes, n: int):
 
 
 def _repeated_share(gram_hashes) -> float:
+    """Share of n-gram occurrences that repeat an earlier one (0 for texts shorter than n)."""
     if len(gram_hashes) == 0:
         return 0.0
     return 1.0 - len(np.unique(gram_hashes)) / len(gram_hashes)
-
-
-def repeated_ngram_share(units: list[str], n: int) -> float:
-    """Share of n-gram occurrences that repeat an earlier one (0 for texts shorter than n)."""
-    return _repeated_share(_ngram_hashes(_unit_hashes(units), n))
 
 
 def _ngram_scale(units: list[str]) -> int:
@@ -331,17 +327,17 @@ class TextFeatures:
 def text_features(text: str, shingle_size: int) -> TextFeatures:
     units = text_units(text)
     hashes = _unit_hashes(units)
-    shingles = _ngram_hashes(hashes, shingle_size) if len(units) >= shingle_size else _ngram_hashes(hashes, len(units))
+    shingles = _ngram_hashes(hashes, min(shingle_size, len(units)))  # a short text is one shingle
     return TextFeatures(repetition=_repetition(units, hashes), shingle_size=shingle_size, shingles=np.unique(shingles))
 
 
-def gate_failure(sample: Sample, settings: GateSettings, features: TextFeatures | None = None) -> str | None:
+def gate_failure(sample: Sample, settings: GateSettings) -> str | None:
     """The first per-sample gate `sample` fails (duplicates are checked across samples)."""
     if sample.status != "succeeded" or not sample.text.strip():
         return "failed"
     if settings.drop_truncated and sample.truncated:
         return "truncated"
-    rep = features.repetition if features is not None else repetition(sample.text)
+    rep = sample.gate_features(settings.shingle_size).repetition
     if rep["4gram"] > settings.max_repeated_4gram_share or rep["8gram"] > settings.max_repeated_8gram_share:
         return "repetitive"
     if sample.target_words:
@@ -392,8 +388,7 @@ def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None)
     kept_shingles: list[Any] = []
     kept: list[Sample] = []
     for sample in samples:
-        features = sample.gate_features(settings.shingle_size) if sample.status == "succeeded" else None
-        sample.dropped_by = gate_failure(sample, settings, features)
+        sample.dropped_by = gate_failure(sample, settings)
         if sample.dropped_by is None and settings.drop_duplicates:
             key = hashlib.sha256(normalize_text(sample.text).encode()).hexdigest()
             if key in seen_exact:
@@ -401,7 +396,7 @@ def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None)
             else:
                 seen_exact.add(key)
         if sample.dropped_by is None and settings.near_duplicate_threshold is not None:
-            shingles = features.shingles
+            shingles = sample.gate_features(settings.shingle_size).shingles  # measured by gate_failure
             signature = _minhash(shingles)
             bands = [(b, signature[b * rows:(b + 1) * rows]) for b in range(_LSH_BANDS)]
             candidates = sorted({i for band in bands for i in buckets.get(band, [])})

@@ -196,14 +196,7 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
         {"job_id": row.id, "type": "status", "data": {"status": "running", "run": row.runs}} for row in rows
     ])
     # A first run has no earlier steps to load.
-    resumed = [row.id for row in rows if row.runs > 1]
-    steps: dict[str, dict[str, Any]] = {job_id: {} for job_id in resumed}
-    if resumed:
-        found = session.execute(
-            select(Step.job_id, Step.key, Step.output).where(Step.job_id.in_(resumed), Step.status == "succeeded")
-        )
-        for job_id, key, output in found:
-            steps[job_id][key] = output
+    steps = succeeded_steps_by_job(session, [row.id for row in rows if row.runs > 1])
     return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {})) for row in rows]
 
 
@@ -322,8 +315,19 @@ def children_status(session: Session, parent_id: str) -> dict[str, int]:
 
 
 def succeeded_steps(session: Session, job_id: str) -> dict[str, Any]:
-    rows = session.execute(select(Step.key, Step.output).where(Step.job_id == job_id, Step.status == "succeeded"))
-    return {key: output for key, output in rows}
+    return succeeded_steps_by_job(session, [job_id])[job_id]
+
+
+def succeeded_steps_by_job(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The outputs of each job's succeeded steps, by key, by job (in one query)."""
+    steps: dict[str, dict[str, Any]] = {job_id: {} for job_id in job_ids}
+    if job_ids:
+        rows = session.execute(
+            select(Step.job_id, Step.key, Step.output).where(Step.job_id.in_(job_ids), Step.status == "succeeded")
+        )
+        for job_id, key, output in rows:
+            steps[job_id][key] = output
+    return steps
 
 
 def list_steps(session: Session, job_id: str) -> list[Step]:
