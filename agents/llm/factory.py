@@ -20,17 +20,19 @@ def _pool(settings: Settings, endpoints: list[str], api_key: str, model: str) ->
 
 
 def make_llm_client(settings: Settings) -> LLMClient:
-    """The endpoint pool when LLM_ENDPOINTS is set, else the embedded GGUF model."""
+    """The endpoint pool when LLM_ENDPOINTS is set, else the embedded GGUF model in its own
+    supervised process (started on first use)."""
     if settings.endpoint_list:
         return _pool(settings, settings.endpoint_list, settings.llm_api_key, settings.llm_model)
-    from agents.llm.embedded import EmbeddedLlama
+    from agents.llm.embedded_process import EmbeddedModel, ModelProcess
 
-    return EmbeddedLlama(
-        model_path=settings.embedded_model_path or None,
+    process = ModelProcess(
+        model_path=settings.embedded_model_path,
         n_ctx=settings.llm_context_window,
         n_threads=settings.embedded_threads,
         prompt_cache_mb=settings.embedded_prompt_cache_mb,
     )
+    return EmbeddedModel(process, max_retries=settings.llm_max_retries, timeout_s=settings.llm_timeout_s)
 
 
 def make_judge_client(settings: Settings) -> LLMClient | None:

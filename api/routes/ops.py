@@ -48,7 +48,10 @@ def _check_broker(state: AppState) -> dict:
 
 async def _check_models(state: AppState) -> dict:
     endpoints = state.settings.endpoint_list
-    if not endpoints:
+    process = state.model_status()
+    if process is not None:  # this process's worker runs the embedded model in a child
+        return process
+    if not endpoints:  # no worker here: the file is all there is to check
         from agents.llm.embedded import find_default_model_path
 
         path = state.settings.embedded_model_path or find_default_model_path()
