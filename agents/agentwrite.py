@@ -23,15 +23,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from agents.context import JobContext
+from agents.kinds import JobKind, ResultView, Score
 from agents.length_target import parse_target_words
 from agents.llm.tokens import count_message_tokens, output_room
 from agents.llm.types import GenOptions, LLMBadRequest, LLMError, StructuredOutputError
-from agents.metrics.longbench_write import judge_quality, length_score, overall_score
+from agents.metrics.longbench_write import QUALITY_DIMENSIONS, judge_quality, length_score, overall_score
 from agents.text import count_words, detect_language
 
 DEFAULT_TARGET_WORDS = 1000  # when neither the params nor the instruction give a length
@@ -590,15 +591,7 @@ async def score_quality(ctx: JobContext, params: WriteParams, text: str) -> dict
 
 
 async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
-    """Run a `write` job. Result:
-
-    {"text", "word_count", "target_words", "target_source", "language", "method",
-     "plan": [{"title", "main_point", "words"}], "plan_repairs": [str], "truncated": bool,
-     "sections": [{"title", "target_words", "words", "calls", "truncated", "trimmed", "compacted"}],
-     "scores": {"S_l", "S_q", "S", "quality": {dimension: 1..5} | None,
-                "quality_status": "scored" | "missing" | "not_configured" | "not_requested",
-                "quality_error": str | None}}
-    """
+    """Run a `write` job; the result is a dict of the shape of `WriteResult` (below)."""
     max_target = getattr(ctx.settings, "max_target_words", None) or DEFAULT_MAX_TARGET_WORDS
     target, target_source = resolve_target(params, max_target)
     language = resolve_language(params.instruction, params.language)
@@ -653,3 +646,87 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         "sections": [{k: v for k, v in o.items() if k not in ("text", "tokens")} for o in outputs],
         "scores": scores,
     }
+
+
+# -- the result ------------------------------------------------------------------------------------
+
+
+class PlanSection(BaseModel):
+    """One planned section (after `repair_plan`); `title` is "" for a one-section plan made in code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    main_point: str
+    words: int = Field(description="the section's budget in words (字 for Chinese)")
+
+
+class WrittenSection(BaseModel):
+    """One written section (the single method writes one); its text is part of `text`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    target_words: int = Field(description="the section's budget")
+    words: int = Field(description="words written")
+    calls: int = Field(description="model calls, continuations included")
+    finish_reason: str = Field(description="of the last call")
+    truncated: bool = Field(description="the last call was cut off at max_tokens")
+    trimmed: bool = Field(description="cut back at a paragraph boundary for running far over budget")
+    compacted: bool = Field(description="a prompt showed only part of the text so far")
+
+
+QualityStatus = Literal["scored", "missing", "not_configured", "not_requested"]
+
+
+class WriteScores(BaseModel):
+    """LongBench-Write scores: S_l always; S_q and S only when the judge scored the piece."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    S_l: float = Field(description="length score, 0..100")
+    S_q: float | None = Field(description="judged quality score, 0..100")
+    S: float | None = Field(description="(S_l + S_q) / 2")
+    quality: dict[Literal[QUALITY_DIMENSIONS], Annotated[int, Field(ge=1, le=5)]] | None = Field(
+        description="the judge's 1..5 rating per quality dimension"
+    )
+    quality_status: QualityStatus = Field(
+        description="scored; missing (the verdict never parsed); not_configured (no judge model); "
+        "not_requested (params.judge was false)"
+    )
+    quality_error: str | None = Field(description="why the verdict is missing")
+
+
+class WriteResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="the whole piece, sections joined by blank lines")
+    word_count: int = Field(description="words (字 for Chinese) in text")
+    target_words: int
+    target_source: Literal["given", "instruction", "default"] = Field(description="where target_words came from")
+    language: Literal["en", "zh"]
+    method: Literal["agentwrite", "single"]
+    plan: list[PlanSection] = Field(description="the sections planned; empty for the single method")
+    plan_repairs: list[str] = Field(description="what repair_plan changed in the model's plan")
+    truncated: bool = Field(description="some section ended cut off at max_tokens")
+    sections: list[WrittenSection]
+    scores: WriteScores
+
+
+def result_scores(result: WriteResult) -> list[Score]:
+    # Only the numeric metrics: quality (a dict of ratings) and the status and error strings
+    # are details of S_q, not metrics of their own.
+    s = result.scores
+    return [Score("S_l", s.S_l), Score("S_q", s.S_q), Score("S", s.S)]
+
+
+KIND = JobKind(
+    name="write",
+    description="long-form writing (AgentWrite or single call)",
+    params=WriteParams,
+    result=WriteResult,
+    run=run,
+    version=1,
+    view=ResultView(text="text", plan="plan"),
+    scores=result_scores,
+)

@@ -30,10 +30,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.context import JobContext
+from agents.kinds import JobKind, ResultView, Score
 from agents.llm.structured import chat_json, json_candidates
 from agents.llm.types import GenOptions, LLMClient, LLMResult, StructuredOutputError
 from agents.sentences import split_sentences
-from agents.summarize.nodes import room_for_answer
 
 LABELS = (
     "entity omission",
@@ -281,6 +281,54 @@ class BooookScoreParams(BaseModel):
         return self
 
 
+ErrorType = Literal[LABELS]  # the eight labels, as a type
+
+
+class FlaggedSentence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="0-based position of the sentence in the summary")
+    sentence: str
+    types: list[ErrorType] = Field(description="the error types the judge named (at least one)")
+    questions: list[str] = Field(description="the questions a confused reader would ask")
+
+
+class BooookScoreOutcome(BaseModel):
+    """What `score_summary` returns (a summarize job's `booookscore` when it scored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float | None = Field(description="1 - flagged / scored; null when no verdict parsed")
+    mode: Literal["per_sentence", "batched"]
+    comparable_to: str = Field(description="which published BooookScore numbers this one compares with")
+    output: Literal["json", "text"] = Field(description="the judge's reply format")
+    sentences: int = Field(description="sentences in the summary")
+    scored: int = Field(description="sentences with a parsed verdict")
+    flagged: list[FlaggedSentence] = Field(description="sentences the judge found confusing, in order")
+    unparseable: list[int] = Field(description="indices of sentences whose verdict never parsed")
+    type_counts: dict[ErrorType, int] = Field(description="flagged sentences per error type (all eight)")
+    judge: Literal["judge", "llm"] = Field(description='"judge" when a judge model is configured, else "llm" (the job model)')
+    judge_model: str
+    calls: int = Field(description="judge calls, retries included")
+    splitter: str = Field(description="the sentence splitter")
+
+
+class BooookScoreSkipped(BaseModel):
+    """A summarize job's `booookscore` when scoring was asked for but could not run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    skipped: str = Field(description="why")
+
+
+class BooookScoreResult(BooookScoreOutcome):
+    source: str = Field(description='what was judged: "summary", "job <id>" or "document <id>"')
+
+
+def outcome_scores(outcome: BooookScoreOutcome) -> list[Score]:
+    return [Score("booookscore", outcome.score, {"mode": outcome.mode})]
+
+
 async def run(ctx: JobContext, params: BooookScoreParams | dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params, BooookScoreParams):
         params = BooookScoreParams.model_validate(params)
@@ -418,6 +466,10 @@ async def _ask(
 ) -> tuple[Any | None, str]:
     """One ask: (parsed JSON or None, reply text or the schema failure). Temperature 0 first,
     as in the paper; later asks sample, so a stubborn judge can answer differently."""
+    # Imported here: agents.summarize imports this module's result models, and importing
+    # agents.summarize.nodes at the top would run agents/summarize/__init__.py first (a cycle).
+    from agents.summarize.nodes import room_for_answer
+
     messages = [{"role": "user", "content": prompt}]
     room = await room_for_answer(client, messages, max_tokens)
     if room < 16:
@@ -484,3 +536,15 @@ async def _judge_batch(
         "problems": {str(n - 1): p for n, p in problems.items() if n in pending},
         "calls": client.calls,
     }
+
+
+KIND = JobKind(
+    name="booookscore",
+    description="BooookScore coherence of a summary",
+    params=BooookScoreParams,
+    result=BooookScoreResult,
+    run=run,
+    version=1,
+    view=ResultView(flagged="flagged"),
+    scores=outcome_scores,
+)

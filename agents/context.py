@@ -1,7 +1,9 @@
-"""The job context agents run in: checkpointed steps, progress events, the LLM client.
+"""The job context agents run in: checkpointed steps, progress events, the LLM client, and
+what a kind may need of the service (`JobServices`): documents, other jobs' results, child
+jobs, a data directory, typed settings.
 
 Agents never see the database, Celery or FastAPI. The worker hands them a `JobContext`
-backed by the database; tests and notebooks use `MemoryStepStore`.
+backed by the database; tests and notebooks use `MemoryStepStore` and `MemoryJobServices`.
 
 `await ctx.step(key, fn)` is the one mechanism for resume, retries, progress and token
 accounting: if step `key` already succeeded, its stored output comes back without
@@ -12,11 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import prompts
 from agents.llm.types import GenOptions, LLMClient, LLMResult, Message
+from agents.settings import Settings
+from agents.status import FINISHED_STATUSES
 
 
 class JobCancelled(Exception):
@@ -36,6 +44,24 @@ class StepUsage:
     finish_reason: str = ""
     template: str = ""
     template_hash: str = ""
+    # What produced the step, for its fingerprint: the source hash of every template rendered
+    # and of each partial they use, the model of each client used, each call's sampling options.
+    templates: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    sampling: list[dict[str, Any]] = field(default_factory=list)
+    kind_version: int = 1
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What produced this step, and a hash of it: a retry compares them with the code's."""
+        unique_sampling = sorted({json.dumps(s, sort_keys=True) for s in self.sampling})
+        parts = {
+            "templates": dict(sorted(self.templates.items())),
+            "version": self.kind_version,
+            "models": dict(sorted(self.models.items())),
+            "sampling": [json.loads(s) for s in unique_sampling],
+        }
+        parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        return parts
 
     def add(self, result: LLMResult) -> None:
         self.calls += 1
@@ -69,6 +95,66 @@ class StepStore(Protocol):
 
 class EventSink(Protocol):
     async def emit(self, type: str, data: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChildJob:
+    """A child job as its parent sees it."""
+
+    id: str
+    status: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobServices(Protocol):
+    """What the service offers a running job besides its model and its steps."""
+
+    async def load_document(self, document_id: str) -> str: ...
+
+    async def load_job_result(self, job_id: str) -> dict[str, Any]: ...
+
+    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]],
+                             priority: int) -> list[str]:
+        """Create (idempotently per index) and queue child jobs; returns their ids in order."""
+
+    async def children_status(self, parent_id: str) -> dict[str, int]: ...
+
+    async def children(self, parent_id: str, *, finished_only: bool = False,
+                       exclude: Iterable[str] = ()) -> list[ChildJob]:
+        """Children in creation order (finished ones only, if asked), but those in `exclude`."""
+
+
+class MemoryJobServices:
+    """Documents and job results held in memory, for tests and notebooks. Child jobs are
+    not run here: a kind that spawns them needs the service."""
+
+    def __init__(self, documents: dict[str, str] | None = None, results: dict[str, dict[str, Any]] | None = None):
+        self.documents = documents or {}
+        self.results = results or {}
+
+    async def load_document(self, document_id: str) -> str:
+        if document_id not in self.documents:
+            raise LookupError(f"document {document_id} not found")
+        return self.documents[document_id]
+
+    async def load_job_result(self, job_id: str) -> dict[str, Any]:
+        if job_id not in self.results:
+            raise LookupError(f"job {job_id} not found")
+        return self.results[job_id]
+
+    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]],
+                             priority: int) -> list[str]:
+        raise LookupError("this context cannot run child jobs")
+
+    async def children_status(self, parent_id: str) -> dict[str, int]:
+        return {}
+
+    async def children(self, parent_id: str, *, finished_only: bool = False,
+                       exclude: Iterable[str] = ()) -> list[ChildJob]:
+        return []
 
 
 class MemoryStepStore:
@@ -115,13 +201,27 @@ def request_priority(job_priority: int | None, urgency: int = 0) -> int | None:
     return job_priority * 100 + 99 - max(0, min(99, urgency))
 
 
+def sampling_of(options: GenOptions) -> dict[str, Any]:
+    """The options of a call that shape its text (for the step's fingerprint)."""
+    values = {
+        "temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k,
+        "max_tokens": options.max_tokens, "min_tokens": options.min_tokens, "stop": options.stop,
+        "seed": options.seed, "repetition_penalty": options.repetition_penalty, "model": options.model,
+        "json_schema": hashlib.sha256(json.dumps(options.json_schema, sort_keys=True).encode()).hexdigest()[:12]
+        if options.json_schema is not None else None,
+        "extra_body": options.extra_body,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
 class _RecordingClient:
     """Wraps the shared client: adds each call's usage to the running step, sets the sticky key."""
 
-    def __init__(self, inner: LLMClient, sticky_key: str | None, priority: int | None):
+    def __init__(self, inner: LLMClient, sticky_key: str | None, priority: int | None, role: str = "llm"):
         self._inner = inner
         self._sticky_key = sticky_key
         self._priority = priority
+        self._role = role  # "llm" or "judge": whose model a step's fingerprint records
 
     @property
     def model_name(self) -> str:
@@ -139,17 +239,21 @@ class _RecordingClient:
             options.priority = request_priority(self._priority)
         return options
 
-    def _record(self, result: LLMResult) -> LLMResult:
+    def _record(self, result: LLMResult, options: GenOptions) -> LLMResult:
         usage = _current_usage.get()
         if usage is not None:
             usage.add(result)
+            usage.models[self._role] = options.model or self._inner.model_name or result.model
+            usage.sampling.append(sampling_of(options))
         return result
 
     async def chat(self, messages: list[Message], options: GenOptions | None = None) -> LLMResult:
-        return self._record(await self._inner.chat(messages, self._options(options)))
+        options = self._options(options)
+        return self._record(await self._inner.chat(messages, options), options)
 
     async def complete(self, prompt: str, options: GenOptions | None = None) -> LLMResult:
-        return self._record(await self._inner.complete(prompt, self._options(options)))
+        options = self._options(options)
+        return self._record(await self._inner.complete(prompt, options), options)
 
     async def count_tokens(self, text: str) -> int:
         return await self._inner.count_tokens(text)
@@ -164,41 +268,71 @@ class JobContext:
         llm: LLMClient,
         store: StepStore | None = None,
         events: EventSink | None = None,
-        settings: Any = None,
+        settings: Settings | None = None,
         job_id: str = "",
         priority: int | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         judge: LLMClient | None = None,
-        load_document: Callable[[str], Awaitable[str]] | None = None,
-        load_job_result: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+        services: JobServices | None = None,
         succeeded: dict[str, Any] | None = None,
+        kind_version: int = 1,
     ):
         self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority)
         # The judge (S_q, BooookScore) may be a different model; None when not configured.
-        self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority) if judge else None
-        self._load_document = load_document
-        self._load_job_result = load_job_result
+        self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority, role="judge") if judge else None
+        self.kind_version = kind_version  # part of every step's fingerprint
+        self.services: JobServices = services or MemoryJobServices()
         self.priority = priority  # None: the model server does not schedule by priority
         self.store = store or MemoryStepStore()
         self.events = events or ListEventSink()
-        self.settings = settings
+        self.settings = settings or Settings()
         self.job_id = job_id
         self._is_cancelled = is_cancelled or (lambda: False)
         self._done: dict[str, Any] | None = succeeded  # None: asked of the store on first use
         self._load_lock = asyncio.Lock()
         self.steps_run = 0  # steps actually executed (not replayed) in this run
 
+    @property
+    def data_dir(self) -> Path:
+        """Where a job writes files (exports): the service's data directory."""
+        return Path(self.settings.longform_data_dir)
+
     async def load_document(self, document_id: str) -> str:
-        """Text of an uploaded document (the worker resolves it from the database)."""
-        if self._load_document is None:
-            raise LookupError("this context has no document store")
-        return await self._load_document(document_id)
+        """Text of an uploaded document."""
+        return await self.services.load_document(document_id)
 
     async def load_job_result(self, job_id: str) -> dict[str, Any]:
         """Result of another finished job (e.g. the summary a score job judges)."""
-        if self._load_job_result is None:
-            raise LookupError("this context has no job store")
-        return await self._load_job_result(job_id)
+        return await self.services.load_job_result(job_id)
+
+    async def spawn_children(self, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
+        """Child jobs of this job, created once however often this runs (call it in a step)."""
+        return await self.services.spawn_children(self.job_id, kind, params_list, priority)
+
+    async def children(self, *, finished_only: bool = False, exclude: Iterable[str] = ()) -> list[ChildJob]:
+        return await self.services.children(self.job_id, finished_only=finished_only, exclude=exclude)
+
+    async def wait_children(
+        self, poll_s: float = 0.1, on_finished: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, int]:
+        """Wait until every child has finished, reporting progress; `on_finished` runs
+        whenever more children have finished since the last poll (work on them early).
+        Returns the count of children by status."""
+        handled = 0
+        while True:
+            counts = await self.services.children_status(self.job_id)
+            finished = sum(counts.get(s, 0) for s in FINISHED_STATUSES)
+            total = sum(counts.values())
+            await self.progress(finished, total, children=counts)
+            if finished >= total:
+                return counts
+            self.check_cancelled()
+            pause = asyncio.sleep(poll_s)
+            if on_finished is not None and finished > handled:
+                await asyncio.gather(on_finished(), pause)
+                handled = finished
+            else:
+                await pause
 
     def request_priority(self, urgency: int = 0) -> int | None:
         """Priority for a call with `urgency` units of this job's work queued behind it."""
@@ -220,7 +354,7 @@ class JobContext:
         if key in done:
             return done[key]
         self.check_cancelled()
-        usage = StepUsage()
+        usage = StepUsage(kind_version=self.kind_version)
         token = _current_usage.set(usage)
         # The "running" record is written while the step works (it only feeds the timeline);
         # it is always in place before the step's outcome is written.
@@ -248,6 +382,7 @@ class JobContext:
         usage = _current_usage.get()
         if usage is not None:
             usage.template, usage.template_hash = template, rendered.template_hash
+            usage.templates.update(prompts.source_hashes(template))
         return rendered.text
 
     async def progress(self, done: float, total: float, **detail: Any) -> None:

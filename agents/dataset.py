@@ -1,5 +1,5 @@
 """SFT dataset builds (LongWriter-6k style): instruction input, generated instructions,
-quality gates, exporters and stats. Pure functions; the `dataset` job kind (workers/dataset.py)
+quality gates, exporters and stats. Pure functions; the `dataset` job kind (agents/dataset_kind.py)
 spawns one `write` job per instruction and calls these.
 
 - `parse_instruction_jsonl(text)` -> (items, rejected): one {"instruction"|"prompt"|"messages",

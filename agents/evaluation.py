@@ -10,8 +10,10 @@ returns its result dict (`agents.agentwrite.run`'s shape: "word_count" and "scor
 Scoring rules: S_l per item from the job's word count against the item's annotated
 `length` (not the length parsed from the prompt); a failed item counts S_l = 0 (nothing
 was produced) and is counted as failed; S_q aggregates only items the judge scored (per
-dimension (mean - 1) * 25), with missing verdicts counted. Length bins follow the paper:
-[0,500), [500,2k), [2k,4k), [4k,20k] (longer requirements fall in the last bin).
+dimension (mean - 1) * 25), with missing verdicts counted; the answers the judge could not
+rate are also listed per method and length bin with their reasons ("unjudged"), so none
+drops out of S_q unseen. Length bins follow the paper: [0,500), [500,2k), [2k,4k), [4k,20k]
+(longer requirements fall in the last bin).
 """
 from __future__ import annotations
 
@@ -23,7 +25,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Awaitable, Callable, Iterable
 
-from agents.metrics.longbench_write import QUALITY_DIMENSIONS, aggregate_quality, length_score, overall_score
+from agents.metrics.longbench_write import (
+    QUALITY_DIMENSIONS,
+    aggregate_quality,
+    length_score,
+    overall_score,
+    unjudged_reason,
+)
 
 LENGTH_BINS: tuple[tuple[str, int, float], ...] = (
     ("[0,500)", 0, 500),
@@ -103,6 +111,7 @@ def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any]) -> 
         "S_l": length_score(words, item.length),
         "quality": quality,
         "quality_status": scores.get("quality_status", "not_configured"),
+        "quality_error": scores.get("quality_error"),
         "error": None,
     }
 
@@ -129,9 +138,24 @@ def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _unjudged(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{bin: {"count": n, "reasons": {reason: n}}} of the answers the judge gave no verdict
+    (bins without any are left out)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["quality_status"] != "missing":
+            continue
+        entry = out.setdefault(length_bin(r["length"]), {"count": 0, "reasons": {}})
+        entry["count"] += 1
+        reason = unjudged_reason(r.get("quality_error"))
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+    return {b: out[b] for b, _, _ in LENGTH_BINS if b in out}
+
+
 def build_report(outcomes: Iterable[dict[str, Any]], methods: Iterable[str] | None = None) -> dict[str, Any]:
-    """{"methods": {method: {"overall", "by_length": {bin: ...}, "by_type": {type: ...}}},
-    "items": [rows]}; each summary has n, failed, S_l, S_q, S, judged, missing, ..."""
+    """{"methods": {method: {"overall", "by_length": {bin: ...}, "by_type": {type: ...},
+    "unjudged": {bin: {"count", "reasons": {reason: count}}}}}, "items": [rows]}; each summary
+    has n, failed, S_l, S_q, S, judged, missing, ..."""
     rows = sorted(outcomes, key=lambda r: (r["method"], r["index"]))
     order = list(methods) if methods is not None else sorted({r["method"] for r in rows})
     report: dict[str, Any] = {"bins": [b[0] for b in LENGTH_BINS], "methods": {}, "items": rows}
@@ -142,6 +166,7 @@ def build_report(outcomes: Iterable[dict[str, Any]], methods: Iterable[str] | No
             "overall": _summarize(mine),
             "by_length": {b: _summarize([r for r in mine if length_bin(r["length"]) == b]) for b, _, _ in LENGTH_BINS},
             "by_type": {t: _summarize([r for r in mine if r["type"] == t]) for t in types},
+            "unjudged": _unjudged(mine),
         }
     return report
 
@@ -225,6 +250,10 @@ def render_table(report: dict[str, Any]) -> str:
         row.append("-" if o["mean_length_ratio"] is None else f"{o['mean_length_ratio']:.2f}")
         rows.append(row)
     out.append("LongBench-Write: overall\n" + _table(header, rows))
+    unjudged = [f"  {m} {b}: {u['count']} ({', '.join(f'{why}: {n}' for why, n in u['reasons'].items())})"
+                for m in methods for b, u in per[m].get("unjudged", {}).items()]
+    if unjudged:
+        out.append("Not judged (left out of S_q)\n" + "\n".join(unjudged))
 
     metrics = ["S_l", "S_q"] if judged else ["S_l"]
     for metric in metrics:

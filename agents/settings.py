@@ -1,30 +1,38 @@
-"""Settings from environment variables, with embedded defaults (nothing to install or start).
+"""One configuration object, read once at process start and passed down.
 
-`longform config` prints the effective values. Every field maps to the upper-case
-environment variable of the same name (e.g. `llm_endpoints` <- `LLM_ENDPOINTS`).
+`Settings.load()` reads, highest priority first: explicit overrides (command-line flags),
+environment variables, an optional TOML config file (`--config FILE` or LONGFORM_CONFIG),
+then the defaults (embedded: nothing to install or start). Every field maps to the
+upper-case environment variable of the same name (`llm_endpoints` <- LLM_ENDPOINTS), and to
+the same key in the file. Nothing writes `os.environ`.
+
+`longform config` prints each value with where it came from (`Settings.sources`).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-def _default_data_dir() -> str:
-    return str(Path(os.environ.get("LONGFORM_DATA_DIR", "var")).resolve())
+CONFIG_FILE_VARIABLE = "LONGFORM_CONFIG"
 
 
-@dataclass
-class Settings:
-    longform_data_dir: str = field(default_factory=_default_data_dir)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True,
+                                      validate_default=True)
+
+    longform_data_dir: str = "var"  # SQLite file, dataset exports
     database_url: str = ""  # default: SQLite file in the data directory
     broker_url: str = ""  # empty: in-process worker inside `longform serve`
-    # Model access. No endpoints: the embedded GGUF model runs in-process.
+    # Model access. No endpoints: the embedded GGUF model, in its own supervised process.
     llm_endpoints: str = ""  # comma-separated OpenAI-compatible base URLs, e.g. http://gpu1:8000/v1
     llm_api_key: str = "EMPTY"
     llm_model: str = ""  # empty: the first model the endpoint lists (or the embedded one)
-    llm_context_window: int = 8192
+    llm_context_window: int = 8192  # fallback for servers that do not report max_model_len
     llm_max_inflight: int = 128  # per endpoint; about 2x vLLM's --max-num-seqs keeps its queue fed
     llm_timeout_s: float = 600.0
     llm_max_retries: int = 5
@@ -42,7 +50,8 @@ class Settings:
     # API
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str = ""  # the key CLI commands send (LONGFORM_API_KEY also works)
+    api_key: str = Field(default="", validation_alias=AliasChoices("api_key", "longform_api_key"))  # sent by the CLI
+    longform_url: str = ""  # where the CLI sends requests; empty: http://HOST:PORT
     require_api_keys: str = "auto"  # auto: open only in embedded mode on loopback; always
     max_body_bytes: int = 25 * 1024 * 1024
     max_document_bytes: int = 20 * 1024 * 1024
@@ -53,10 +62,37 @@ class Settings:
     job_slice_seconds: float = 1800.0  # a Celery task runs a job this long, then re-queues it
     broker_visibility_timeout: int = 7200
     worker_metrics_port: int = 0  # Celery workers serve Prometheus metrics here when set
+    # `serve`: run no embedded worker in this process; upgrade an outdated schema at start-up.
+    longform_no_worker: bool = False
+    longform_auto_upgrade: bool = False
 
-    def __post_init__(self) -> None:
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _derived(self) -> "Settings":
+        self.longform_data_dir = str(Path(self.longform_data_dir).resolve())
         if not self.database_url:
             self.database_url = f"sqlite:///{Path(self.longform_data_dir) / 'longform.db'}"
+        return self
+
+    @classmethod
+    def load(cls, config_file: str | None = None, **overrides: Any) -> "Settings":
+        """The process's settings: `overrides` (flags), then the environment, then the config
+        file (`config_file`, else LONGFORM_CONFIG), then defaults. Overrides of None are ignored."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        path = config_file or os.environ.get(CONFIG_FILE_VARIABLE, "")
+        from_file = _read_toml(path) if path else {}
+        env = {k.lower() for k in os.environ}
+        below_env = {k: v for k, v in from_file.items() if not (_env_names(k) & env)}
+        settings = cls(**{**below_env, **overrides})
+        settings._sources = _sources_of(cls, overrides, path, from_file)
+        return settings
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each value came from: "flag", "env NAME", "file PATH" or "default"
+        (for settings made with `load`; for others every value says "default")."""
+        return self._sources or {name: "default" for name in type(self).model_fields}
 
     @property
     def embedded_mode(self) -> bool:
@@ -64,43 +100,70 @@ class Settings:
 
     @property
     def endpoint_list(self) -> list[str]:
-        return [u.strip().rstrip("/") for u in self.llm_endpoints.split(",") if u.strip()]
+        return _url_list(self.llm_endpoints)
 
     @property
     def judge_endpoint_list(self) -> list[str]:
-        return [u.strip().rstrip("/") for u in self.judge_endpoints.split(",") if u.strip()]
-
-    @classmethod
-    def from_env(cls, **overrides) -> "Settings":
-        values = {}
-        for f in fields(cls):
-            raw = os.environ.get(f.name.upper())
-            if raw is None and f.name == "api_key":
-                raw = os.environ.get("LONGFORM_API_KEY")
-            if raw is None:
-                continue
-            if f.type in ("bool", bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("float", float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
-        values.update(overrides)
-        return cls(**values)
+        return _url_list(self.judge_endpoints)
 
     def public_view(self) -> dict[str, object]:
         """Effective settings with secrets masked (passwords in URLs, API keys)."""
         out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("api_key") and value and value != "EMPTY":
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.endswith("api_key") and value and value != "EMPTY":
                 value = "****"
             elif isinstance(value, str) and "://" in value:
                 value = ",".join(_mask_url(u) for u in value.split(","))
-            out[f.name] = value
+            out[name] = value
         return out
+
+
+def _url_list(value: str) -> list[str]:
+    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"the config file {path} is not valid TOML: {exc}") from None
+    known = {name.lower() for name in Settings.model_fields} | {"longform_api_key"}
+    unknown = sorted(k for k in data if k.lower() not in known)
+    if unknown:
+        raise ValueError(f"unknown settings in {path}: {', '.join(unknown)}")
+    return {k.lower(): v for k, v in data.items()}
+
+
+def _env_names(field: str) -> set[str]:
+    names = {field.lower()}
+    if field.lower() in ("api_key", "longform_api_key"):
+        names |= {"api_key", "longform_api_key"}
+    return names
+
+
+def _sources_of(cls: type[Settings], overrides: dict[str, Any], path: str, from_file: dict[str, Any]) -> dict[str, str]:
+    env = {k.lower(): k for k in os.environ}
+    file_keys = {k.lower() for k in from_file}
+    sources = {}
+    for name in cls.model_fields:
+        env_hit = next((env[n] for n in sorted(_env_names(name)) if n in env), None)
+        if name in overrides:
+            sources[name] = "flag"
+        elif env_hit:
+            sources[name] = f"env {env_hit.upper()}"
+        elif _env_names(name) & file_keys:
+            sources[name] = f"file {path}"
+        else:
+            sources[name] = "default"
+    return sources
 
 
 def _mask_url(url: str) -> str:

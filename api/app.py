@@ -5,7 +5,6 @@ In embedded mode (no BROKER_URL) the app also runs the in-process worker.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -59,15 +58,15 @@ class _BodyTooLarge(Exception):
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> FastAPI:
-    settings = settings or Settings.from_env()
+    settings = settings or Settings.load()
     db = Database(settings.database_url)
     if run_worker is None:
-        run_worker = settings.embedded_mode and os.environ.get("LONGFORM_NO_WORKER") != "1"
+        run_worker = settings.embedded_mode and not settings.longform_no_worker
     state = AppState(settings=settings, db=db, auth_required=auth_required(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ensure_current(settings.database_url, auto_upgrade=os.environ.get("LONGFORM_AUTO_UPGRADE") == "1")
+        ensure_current(settings.database_url, auto_upgrade=settings.longform_auto_upgrade)
         worker = None
         if run_worker:
             from workers.embedded import EmbeddedWorker

@@ -1,7 +1,8 @@
 """A small synchronous client for the Longform REST API (used by the `longform` CLI).
 
 Errors come back as two exceptions: `ApiUnreachable` (nothing answers at the URL) and
-`ApiError` (the server answered 4xx/5xx; `detail` is its message).
+`ApiError` (the server answered 4xx/5xx; `detail` is its message, `data` the structured
+detail when the server sent one, e.g. {"message": ..., "stale_steps": [...]}).
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any, Iterator
 
 import httpx
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+from agents.status import FINISHED_STATUSES
+
+TERMINAL_STATUSES = frozenset(FINISHED_STATUSES)
 
 
 class ApiUnreachable(Exception):
@@ -23,9 +26,10 @@ class ApiUnreachable(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, status_code: int, detail: str):
+    def __init__(self, status_code: int, detail: str, data: Any = None):
         self.status_code = status_code
         self.detail = detail
+        self.data = data  # the response's JSON `detail` when it is an object, else None
         super().__init__(f"{detail} (HTTP {status_code})")
 
 
@@ -46,6 +50,8 @@ def _detail_of(response: httpx.Response) -> str:
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, str):
         return detail
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        return detail["message"]
     if isinstance(detail, list):  # FastAPI request validation errors
         parts = []
         for err in detail:
@@ -58,6 +64,14 @@ def _detail_of(response: httpx.Response) -> str:
     if detail is not None:
         return json.dumps(detail)
     return json.dumps(body)[:500]
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return ApiError(response.status_code, _detail_of(response), detail if isinstance(detail, dict) else None)
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
@@ -114,11 +128,23 @@ class LongformClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ApiUnreachable(self.base_url, str(exc)) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _detail_of(response))
+            raise _api_error(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def ping(self) -> None:
+        """One cheap request (GET /healthz); raises ApiUnreachable when nothing answers at the
+        URL. Any HTTP answer counts: the requests that follow report their own errors."""
+        try:
+            self._http.get("/healthz", timeout=10.0)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, str(exc)) from None
+
+    def list_kinds(self) -> list[dict[str, Any]]:
+        """The job kinds: {kind, description, version, params_schema, result_schema, view}."""
+        return self._json("GET", "/v1/kinds")["items"]
 
     # ---- jobs ------------------------------------------------------------------------
 
@@ -156,8 +182,12 @@ class LongformClient:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def retry_job(self, job_id: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/jobs/{job_id}/retry")
+    def retry_job(self, job_id: str, mode: str | None = None) -> dict[str, Any]:
+        """Requeue a failed or cancelled job. `mode` ("reuse" or "fresh") says what to do with
+        steps stored by code that has changed since; without it the server refuses (409, with
+        `stale_steps` in ApiError.data) when there are any."""
+        body = {"json": {"mode": mode}} if mode else {}
+        return self._json("POST", f"/v1/jobs/{job_id}/retry", **body)
 
     def job_steps(self, job_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/v1/jobs/{job_id}/steps")["items"]
@@ -189,7 +219,7 @@ class LongformClient:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ApiError(response.status_code, _detail_of(response))
+                    raise _api_error(response)
                 yield from parse_sse(response.iter_lines())
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ApiUnreachable(self.base_url, str(exc)) from None

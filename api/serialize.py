@@ -52,6 +52,7 @@ def step_json(step: Step, with_output: bool = False) -> dict[str, Any]:
         "attempt": step.attempt,
         "template": step.template,
         "template_hash": step.template_hash,
+        "fingerprint": (step.fingerprint or {}).get("hash"),
         "model": step.model,
         "calls": step.calls,
         "prompt_tokens": step.prompt_tokens,

@@ -19,14 +19,19 @@ class AppState:
     # The embedded model process's state, when this process's worker runs one.
     model_status: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
 
-    def enqueue(self, job_id: str, priority: int) -> None:
-        """Make a queued job runnable: a Celery task in production, a wake-up in embedded mode."""
-        if self.settings.broker_url:
-            from workers.celery_app import enqueue
+    _send_task: Callable[[str, int], None] | None = None
 
-            enqueue(job_id, priority)
-        else:
+    def enqueue(self, job_id: str, priority: int) -> None:
+        """Make a queued job runnable: a Celery task to this app's broker in production, a
+        wake-up in embedded mode."""
+        if not self.settings.broker_url:
             self.notify_worker()
+            return
+        if self._send_task is None:
+            from workers.celery_app import Enqueuer
+
+            self._send_task = Enqueuer(self.settings)
+        self._send_task(job_id, priority)
 
 
 def get_state(request: Request) -> AppState:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import prompts  # noqa: E402
 from agents import summarize  # noqa: E402
-from agents.context import JobContext, MemoryStepStore  # noqa: E402
+from agents.context import JobContext, MemoryJobServices, MemoryStepStore  # noqa: E402
 from agents.llm.openai_pool import OpenAIPool  # noqa: E402
 from agents.text import count_tokens  # noqa: E402
 from fakellm.runner import FakeServer  # noqa: E402
@@ -43,10 +43,7 @@ async def run_once(base_url: str, inflight: int, book: str, params: dict) -> dic
     await pool.count_tokens(calibration_text())
     store = MemoryStepStore()
 
-    async def load(_doc_id: str) -> str:
-        return book
-
-    ctx = JobContext(pool, store=store, load_document=load)
+    ctx = JobContext(pool, store=store, services=MemoryJobServices(documents={params["document_id"]: book}))
     try:
         start = time.perf_counter()
         result = await summarize.run(ctx, params)

@@ -19,8 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+from agents.status import FINISHED_STATUSES, JOB_STATUSES  # noqa: F401  (re-exported for db users)
 
 
 def utcnow() -> datetime:
@@ -52,6 +51,9 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by a retry, read by the worker that resumes the job: what to do with stored steps
+    # whose fingerprint no longer matches the code ("reuse" or "fresh"; NULL: fail).
+    retry_mode: Mapped[str | None] = mapped_column(String(8), nullable=True)
     runs: Mapped[int] = mapped_column(Integer, default=0)  # how many times a worker took it up
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -79,6 +81,9 @@ class Step(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     template: Mapped[str | None] = mapped_column(String(200), nullable=True)
     template_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # What produced the output: templates with their partials, kind version, models, sampling
+    # (agents.context.StepUsage.fingerprint). NULL for steps stored before fingerprints.
+    fingerprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     calls: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -5,11 +5,11 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -151,7 +151,10 @@ def request_cancel(session: Session, job: Job) -> None:
         _set_finished(session, job, "cancelled", error="cancelled before it started")
 
 
-def requeue_for_retry(session: Session, job: Job) -> None:
+def requeue_for_retry(session: Session, job: Job, mode: str | None = None) -> None:
+    """Queue a failed or cancelled job again; `mode` tells the worker what to do with stored
+    steps that no longer match the code ("reuse" or "fresh"; None: fail the job)."""
+    job.retry_mode = mode
     job.status = "queued"
     job.cancel_requested = False
     job.error = None
@@ -168,6 +171,7 @@ class ClaimedJob:
     priority: int
     runs: int  # including this one
     succeeded: dict[str, Any]  # outputs of the steps earlier runs finished, by key
+    retry_mode: str | None = None  # see requeue_for_retry
 
 
 def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float) -> list[ClaimedJob]:
@@ -188,7 +192,7 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
             or_(JOBS.c.status == "queued", (JOBS.c.status == "running") & (JOBS.c.heartbeat_at < stale)),
         )
         .values(status="running", worker=worker, heartbeat_at=now, runs=JOBS.c.runs + 1, started_at=func.coalesce(JOBS.c.started_at, now))
-        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs)
+        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs, JOBS.c.retry_mode)
     ).all()
     if not rows:
         return []
@@ -197,7 +201,8 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
     ])
     # A first run has no earlier steps to load.
     steps = succeeded_steps_by_job(session, [row.id for row in rows if row.runs > 1])
-    return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {})) for row in rows]
+    return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {}), row.retry_mode)
+            for row in rows]
 
 
 def claim_job(session: Session, job_id: str, worker: str, lease_s: float) -> ClaimedJob | None:
@@ -330,6 +335,31 @@ def succeeded_steps_by_job(session: Session, job_ids: list[str]) -> dict[str, di
     return steps
 
 
+def stored_steps(session: Session, job_id: str) -> list[tuple[str, dict[str, Any] | None, datetime | None, datetime | None]]:
+    """(key, fingerprint, started_at, finished_at) of a job's succeeded steps."""
+    return [tuple(row) for row in session.execute(
+        select(Step.key, Step.fingerprint, Step.started_at, Step.finished_at)
+        .where(Step.job_id == job_id, Step.status == "succeeded")
+    )]
+
+
+def drop_steps(session: Session, job_id: str, keys: Iterable[str]) -> None:
+    """Forget steps, so the job's next run does them again."""
+    keys = list(keys)
+    if keys:
+        session.execute(delete(Step).where(Step.job_id == job_id, Step.key.in_(keys)))
+
+
+def restamp_steps(session: Session, job_id: str, fingerprints: dict[str, dict[str, Any] | None]) -> None:
+    """Record new fingerprints for kept steps (a retry that reuses stale steps)."""
+    for key, fingerprint in fingerprints.items():
+        session.execute(update(Step).where(Step.job_id == job_id, Step.key == key).values(fingerprint=fingerprint))
+
+
+def clear_retry_mode(session: Session, job_id: str) -> None:
+    session.execute(update(JOBS).where(JOBS.c.id == job_id).values(retry_mode=None))
+
+
 def list_steps(session: Session, job_id: str) -> list[Step]:
     return list(session.scalars(select(Step).where(Step.job_id == job_id).order_by(Step.id)))
 
@@ -339,7 +369,7 @@ def list_steps(session: Session, job_id: str) -> list[Step]:
 # per dialect with bound parameters, so SQLAlchemy compiles each of them only once.
 _STEP_OUTCOME_COLUMNS = (
     "output", "error", "calls", "prompt_tokens", "completion_tokens", "cached_tokens", "latency_s",
-    "model", "finish_reason", "template", "template_hash",
+    "model", "finish_reason", "template", "template_hash", "fingerprint",
 )
 
 _STEP_OUTCOME_DEFAULTS = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "latency_s": 0.0}

@@ -27,5 +27,8 @@ class CountingLLM:
     async def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    async def ensure_ready(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         pass

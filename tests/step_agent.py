@@ -4,7 +4,13 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from agents.context import JobContext
+from agents.kinds import JobKind, ResultView
 from agents.llm.types import GenOptions
+
+
+class StepsResult(BaseModel):
+    text: str
+    parts: int
 
 
 class StepsParams(BaseModel):
@@ -27,3 +33,6 @@ async def run(ctx: JobContext, params: StepsParams) -> dict:
         texts.append(await ctx.step(f"part/{i}", call))
         await ctx.progress(i + 1, params.steps)
     return {"text": "\n\n".join(texts), "parts": len(texts)}
+
+
+KIND = JobKind("steps", "test: N sequential model calls", StepsParams, StepsResult, run, view=ResultView(text="text"))

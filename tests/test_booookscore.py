@@ -11,7 +11,7 @@ import pytest
 
 from agents import booookscore as bs
 from agents.booookscore import LABELS, Verdict, VerdictError, parse_batch, parse_verdict_text, verdict_from_json
-from agents.context import JobContext, MemoryStepStore
+from agents.context import JobContext, MemoryJobServices, MemoryStepStore
 from agents.llm.openai_pool import OpenAIPool
 from agents.llm.structured import make_validator
 from agents.llm.types import GenOptions, LLMResult
@@ -253,10 +253,8 @@ async def test_end_to_end_against_the_fake_server(fake_llm):
         for mode, steps in (("per_sentence", "judge/"), ("batched", "judge/batch/")):
             store = MemoryStepStore()
 
-            async def load_result(job_id: str) -> dict[str, Any]:
-                return {"summary": SUMMARY}
-
-            ctx = JobContext(pool, store=store, judge=pool, load_job_result=load_result)
+            results = MemoryJobServices(results={"job-1": {"summary": SUMMARY}})
+            ctx = JobContext(pool, store=store, judge=pool, services=results)
             result = await bs.run(ctx, {"job_id": "job-1", "mode": mode, "batch_size": 3})
             assert result["source"] == "job job-1" and result["sentences"] == 4
             assert result["scored"] + len(result["unparseable"]) == 4
@@ -266,7 +264,7 @@ async def test_end_to_end_against_the_fake_server(fake_llm):
                 assert f["types"] and set(f["types"]) <= set(LABELS) and f["questions"]
             assert all(k.startswith(steps) for k in store.outputs)
             before = fake_llm.stats()["generation_requests"]
-            again = await bs.run(JobContext(pool, store=store, judge=pool, load_job_result=load_result),
+            again = await bs.run(JobContext(pool, store=store, judge=pool, services=results),
                                  {"job_id": "job-1", "mode": mode, "batch_size": 3})
             assert again == result and fake_llm.stats()["generation_requests"] == before
     finally:

@@ -4,6 +4,7 @@ reconnect against a scripted SSE server that drops its connection."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from agents.settings import Settings
-from api.cli import cli, parse_params
+from api.cli import cli
+from api.cli.base import parse_params
 from api.client import parse_sse
 from db import repo
 from db.schema import current_revision, head_revision
@@ -64,13 +66,29 @@ def test_config_masks_secrets_and_aligns():
         assert secret not in out
     lines = out.strip().splitlines()
     assert len({line.index(" = ") for line in lines}) == 1  # one column for every '='
-    values = {line.split(" = ", 1)[0].strip(): line.split(" = ", 1)[1] for line in lines}
-    assert values["llm_api_key"] == "****" and values["api_key"] == "****"
-    assert values["database_url"] == "postgresql://bob:****@db.example:5432/longform"
-    assert values["port"] == "8000"
+    values = {line.split(" = ", 1)[0].strip(): line.split(" = ", 1)[1].rsplit("  (", 1) for line in lines}
+    assert values["llm_api_key"][0].strip() == "****" and values["api_key"][0].strip() == "****"
+    assert values["api_key"][1] == "env LONGFORM_API_KEY)"
+    assert values["database_url"][0].strip() == "postgresql://bob:****@db.example:5432/longform"
+    assert values["port"] == ["8000".ljust(len(values["port"][0])), "default)"]
 
     as_json = json.loads(run(["config", "--json"], **env).stdout)
-    assert as_json["llm_api_key"] == "****" and as_json["judge_api_key"] == "EMPTY"
+    assert as_json["llm_api_key"] == {"value": "****", "source": "env LLM_API_KEY"}
+    assert as_json["judge_api_key"] == {"value": "EMPTY", "source": "default"}
+
+
+def test_config_file_is_read_below_the_environment(tmp_path):
+    config = tmp_path / "longform.toml"
+    config.write_text('port = 9100\nllm_model = "from-file"\nhost = "0.0.0.0"\n')
+    result = run(["--config", str(config), "config", "--json"], LLM_MODEL="from-env")
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    assert view["port"] == {"value": 9100, "source": f"file {config}"}
+    assert view["llm_model"] == {"value": "from-env", "source": "env LLM_MODEL"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_setting = 1\n")
+    result = run(["--config", str(bad), "config"])
+    assert result.exit_code == 2 and "unknown settings in" in result.stderr and "no_such_setting" in result.stderr
 
 
 def test_db_upgrade_and_current(empty_db):
@@ -134,20 +152,24 @@ def test_serve_upgrades_on_request_and_passes_its_flags(monkeypatch, empty_db):
     def fake_run(app, **kwargs):
         import os
 
-        calls.append((app, kwargs, os.environ.get("LONGFORM_NO_WORKER"), os.environ.get("HOST")))
+        calls.append((app, kwargs, dict(os.environ)))
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    # Naming the variables serve sets lets CliRunner restore them afterwards.
+    environment_before = dict(os.environ)
     result = run(
         ["serve", "--host", "0.0.0.0", "--port", "9123", "--upgrade", "--no-worker"],
         DATABASE_URL=empty_db, HOST=None, PORT=None, LONGFORM_NO_WORKER=None,
     )
     assert result.exit_code == 0, result.output
     assert current_revision(empty_db) == head_revision(empty_db)
-    [(app, kwargs, no_worker, host_env)] = calls
-    assert app == "api.app:create_app" and kwargs["factory"] is True
+    [(app, kwargs, environment)] = calls
+    settings = app.state.longform.settings  # the flags reach the app through its settings
+    assert (settings.host, settings.port, settings.longform_no_worker) == ("0.0.0.0", 9123, True)
+    assert settings.sources["port"] == "flag" and settings.database_url == empty_db
     assert (kwargs["host"], kwargs["port"]) == ("0.0.0.0", 9123)
-    assert no_worker == "1" and host_env == "0.0.0.0"  # the app reads both from the environment
+    assert {k: v for k, v in environment.items() if k != "DATABASE_URL"} == {
+        k: v for k, v in environment_before.items() if k not in ("DATABASE_URL", "HOST", "PORT", "LONGFORM_NO_WORKER")
+    }  # nothing written to the environment
     assert "API key" in result.stderr
 
 

@@ -9,13 +9,13 @@ from db import repo
 from db.session import Database
 from tests.db_fixtures import *  # noqa: F401,F403
 from tests.scripted_llm import CountingLLM
-from workers import kinds
+from tests.kinds_fixture import register_kind
 from workers.runtime import SKIPPED, WorkerRuntime
 
 
 @pytest.fixture(autouse=True)
 def steps_kind(monkeypatch):
-    monkeypatch.setitem(kinds.KINDS, "steps", kinds.Kind("steps", "tests.step_agent", "StepsParams", "test"))
+    register_kind(monkeypatch, "steps", "tests.step_agent:KIND")
 
 
 def make_job(db, params=None, **kw):

@@ -13,7 +13,7 @@ import pytest
 
 from agents import summarize
 from agents.chunking import chunk_text
-from agents.context import JobContext, MemoryStepStore
+from agents.context import JobContext, MemoryJobServices, MemoryStepStore
 from agents.gutenberg import strip_gutenberg
 from agents.llm.openai_pool import OpenAIPool
 from agents.llm.types import GenOptions, LLMError, LLMResult, LLMServerError
@@ -41,10 +41,18 @@ def first_words(text: str, n: int) -> str:
 
 
 def make_ctx(client: Any, text: str, store: MemoryStepStore | None = None, **kw: Any) -> JobContext:
-    async def load(_doc_id: str) -> str:
-        return text
+    return JobContext(client, store=store or MemoryStepStore(), services=AnyDocument(text), **kw)
 
-    return JobContext(client, store=store or MemoryStepStore(), load_document=load, **kw)
+
+class AnyDocument(MemoryJobServices):
+    """Every document id reads as the same text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    async def load_document(self, document_id: str) -> str:
+        return self.text
 
 
 def pool_for(server, **kw: Any) -> OpenAIPool:

@@ -24,23 +24,50 @@ from workers.runtime import RELEASED, WorkerRuntime, new_event_loop
 
 log = logging.getLogger("longform.worker")
 
-settings = Settings.from_env()
-app = Celery("longform", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    task_default_queue="longform",
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        "priority_steps": list(range(10)),
-        "sep": ":",
-        "queue_order_strategy": "priority",
-    },
-    worker_hijack_root_logger=False,
-)
+RUN_JOB_TASK = "longform.run_job"
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": "longform",
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
+        "worker_hijack_root_logger": False,
+    }
+
+
+# The worker process's app; `configure(settings)` gives it the process's settings before it starts.
+app = Celery("longform")
+settings: Settings | None = None
+
+
+def configure(process_settings: Settings) -> Celery:
+    global settings
+    settings = process_settings
+    app.conf.update(celery_config(process_settings))
+    return app
+
+
+class Enqueuer:
+    """Sends job ids to the broker of the given settings (the API's side of the queue)."""
+
+    def __init__(self, settings: Settings):
+        self._app = Celery("longform-api")
+        self._app.conf.update(celery_config(settings))
+
+    def __call__(self, job_id: str, priority: int = 5) -> None:
+        # Redis priority: 0 is served first, matching our job priority.
+        self._app.send_task(RUN_JOB_TASK, args=[job_id], priority=max(0, min(9, priority)), queue="longform")
 
 
 class _LoopThread:
@@ -76,7 +103,7 @@ def enqueue(job_id: str, priority: int = 5) -> None:
     run_job.apply_async(args=[job_id], priority=max(0, min(9, priority)))
 
 
-@app.task(name="longform.run_job", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: str) -> str:
     runner = loop_thread()
     future = runner.run(runner.runtime.run_job(job_id, time_slice_s=settings.job_slice_seconds))

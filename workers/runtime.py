@@ -15,13 +15,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
+from agents import fingerprints
 from agents.context import JobCancelled, JobContext
+from agents.kinds import JobKind, get_kind, validate_params
 from agents.llm.types import LLMClient
 from agents.settings import Settings
 from db import repo
-from db.models import Document
 from db.session import Database
-from workers.kinds import get_kind, validate_params
+from workers.job_services import DbJobServices
 from workers.step_store import DbEventSink, DbStepStore
 
 log = logging.getLogger("longform.worker")
@@ -76,6 +79,7 @@ class WorkerRuntime:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # How a job created here becomes runnable: a Celery task, or a wake-up of the embedded worker.
         self.enqueue: Callable[[str, int], None] = lambda job_id, priority: None
+        self.services = DbJobServices(self.db, settings, lambda job_id, priority: self.enqueue(job_id, priority))
         # Jobs running here, each with its agent task and cancel flag; one lease keeper renews them all.
         self._active: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}
         self._keeper: asyncio.Task | None = None
@@ -114,8 +118,12 @@ class WorkerRuntime:
         return self._llm.status() if isinstance(self._llm, EmbeddedModel) else None
 
     async def warm_up(self) -> None:
-        """Calibrate the model's token count once at start-up, so a burst of first jobs does
-        not wait for it. For the embedded model this also starts its process and self-test."""
+        """Learn each model's context window (`max_model_len`) and calibrate the token count
+        once at start-up, so the first jobs plan with the server's figures and a burst of them
+        does not wait. For the embedded model this also starts its process and self-test."""
+        for client in (self.llm, self.judge):
+            if client is not None:
+                await client.ensure_ready()
         try:
             await self.llm.count_tokens(calibration_text())
         except Exception as exc:  # the model server may not be up yet: jobs calibrate later
@@ -160,6 +168,12 @@ class WorkerRuntime:
         except Exception as exc:  # stored params no longer valid (code changed): fail, don't loop
             await self._db(repo.finish_job, job_id, self.worker_id, "failed", error=f"invalid params: {exc}")
             return "failed"
+        if claimed.succeeded or claimed.retry_mode:
+            stale = await self._db(self._settle_stale_steps, claimed, kind)
+            if stale:  # a person chooses: retry with mode reuse or fresh
+                await self._db(repo.finish_job, job_id, self.worker_id, "failed",
+                               error=f"{fingerprints.describe(stale)}; retry with mode 'reuse' or 'fresh'")
+                return "failed"
 
         ctx = JobContext(
             self.llm,
@@ -170,12 +184,11 @@ class WorkerRuntime:
             priority=priority if self.settings.llm_priority_scheduling else None,
             is_cancelled=cancel_flag.is_set,
             judge=self.judge,
-            load_document=self._load_document,
-            load_job_result=self._load_job_result,
+            services=self.services,
             succeeded=claimed.succeeded,
+            kind_version=kind.version,
         )
-        ctx.runtime = self  # the dataset kind spawns child jobs through it
-        agent = asyncio.create_task(kind.runner()(ctx, params), name=f"job-{job_id}")
+        agent = asyncio.create_task(kind.run(ctx, params), name=f"job-{job_id}")
         self._active[job_id] = (agent, cancel_flag)
         self._ensure_keeper()
         deadline = time.monotonic() + time_slice_s if time_slice_s else None
@@ -199,7 +212,39 @@ class WorkerRuntime:
             await asyncio.gather(agent, return_exceptions=True)
             await self._db(repo.release_job, job_id, self.worker_id)
             return RELEASED
-        return await self._record_outcome(job_id, kind_name, agent, cancel_flag)
+        return await self._record_outcome(job_id, kind, agent, cancel_flag)
+
+    def current_models(self) -> dict[str, str]:
+        """The model of each client, where known (a pool learns its model on first use)."""
+        models = {"llm": self.llm.model_name}
+        if self.judge is not None:
+            models["judge"] = self.judge.model_name
+        return {role: name for role, name in models.items() if name}
+
+    def _settle_stale_steps(self, session, claimed: repo.ClaimedJob, kind: JobKind) -> list[dict[str, Any]]:
+        """Compare the stored steps with the code. Without a retry mode, return the stale ones
+        (the job then fails); `reuse` keeps them under new fingerprints; `fresh` drops them
+        and the steps that depend on them (claimed.succeeded loses those keys)."""
+        models = self.current_models()
+        steps = [fingerprints.StoredStep(*row) for row in repo.stored_steps(session, claimed.id)]
+        stale = fingerprints.stale_steps(steps, kind.version, models)
+        mode, claimed.retry_mode = claimed.retry_mode, None
+        if mode is not None:
+            repo.clear_retry_mode(session, claimed.id)
+        if not stale or mode is None:
+            return stale
+        stale_keys = {s["key"] for s in stale}
+        if mode == "reuse":
+            repo.restamp_steps(session, claimed.id, {
+                s.key: fingerprints.restamped(s.fingerprint, kind.version, models) for s in steps if s.key in stale_keys
+            })
+        else:
+            dropped = fingerprints.with_dependents(steps, stale_keys)
+            repo.drop_steps(session, claimed.id, dropped)
+            for key in dropped:
+                claimed.succeeded.pop(key, None)
+            log.info("job %s: dropped %d stale or dependent steps for a fresh run", claimed.id, len(dropped))
+        return []
 
     def _ensure_keeper(self) -> None:
         if self._keeper is None or self._keeper.done():
@@ -222,77 +267,29 @@ class WorkerRuntime:
                     cancel_flag.set()
                     agent.cancel()  # closes in-flight model calls; finished steps stay stored
 
-    async def _record_outcome(self, job_id: str, kind: str, agent: asyncio.Task, cancel_flag: asyncio.Event) -> str:
+    async def _record_outcome(self, job_id: str, kind: JobKind, agent: asyncio.Task, cancel_flag: asyncio.Event) -> str:
+        result = None
         if agent.cancelled() or isinstance(agent.exception(), JobCancelled) or cancel_flag.is_set():
-            status, result, error = "cancelled", None, "cancelled"
+            status, error = "cancelled", "cancelled"
         elif agent.exception() is not None:
             exc = agent.exception()
             log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-            status, result, error = "failed", None, f"{type(exc).__name__}: {exc}"
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
         else:
-            status, result, error = "succeeded", agent.result(), None
+            try:
+                result = kind.validate_result(agent.result())
+                status, error = "succeeded", None
+            except ValidationError as exc:  # the kind's code and its result model disagree
+                log.error("job %s: result does not fit %s: %s", job_id, kind.result.__name__, exc)
+                status, error = "failed", f"the result does not fit {kind.result.__name__}: {exc}"
 
         def record(session) -> bool:
-            done = repo.finish_job(session, job_id, self.worker_id, status, result=result, error=error)
+            stored = result.model_dump(mode="json") if result is not None else None
+            done = repo.finish_job(session, job_id, self.worker_id, status, result=stored, error=error)
             if done and result is not None:
-                for metric, value, detail in scores_in(kind, result):
-                    repo.put_score(session, job_id, metric, value, detail)
+                for score in kind.scores(result):
+                    repo.put_score(session, job_id, score.metric, score.value, score.detail)
             return done
 
         recorded = await self._db(record)
         return status if recorded else SKIPPED
-
-    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
-        """Create child jobs of a parent (idempotent per item), queue them, return their ids."""
-        def create(session) -> list[str]:
-            parent = repo.get_job(session, parent_id)
-            ids = []
-            for index, params in enumerate(params_list):
-                model = validate_params(kind, params, self.settings)
-                job, _ = repo.create_job(
-                    session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,
-                    idempotency_key=f"{parent_id}/child/{index}", parent_id=parent_id,
-                )
-                ids.append(job.id)
-            return ids
-
-        ids = await self._db(create)
-        for job_id in ids:
-            self.enqueue(job_id, priority)
-        return ids
-
-    async def children_status(self, parent_id: str) -> dict[str, int]:
-        return await self._db(repo.children_status, parent_id)
-
-    async def _load_document(self, document_id: str) -> str:
-        def load(session) -> str:
-            document = session.get(Document, document_id)
-            if document is None:
-                raise LookupError(f"document {document_id} not found")
-            return document.text
-
-        return await self._db(load)
-
-    async def _load_job_result(self, job_id: str) -> dict[str, Any]:
-        def load(session) -> dict[str, Any]:
-            job = repo.get_job(session, job_id)
-            if job is None:
-                raise LookupError(f"job {job_id} not found")
-            if job.status != "succeeded":
-                raise LookupError(f"job {job_id} has not succeeded (status {job.status})")
-            return job.result or {}
-
-        return await self._db(load)
-
-
-def scores_in(kind: str, result: dict[str, Any]) -> list[tuple[str, float | None, dict | None]]:
-    """The metric values a job's result carries, to store in the scores table."""
-    found: list[tuple[str, float | None, dict | None]] = []
-    scores = result.get("scores")
-    if isinstance(scores, dict):
-        for metric, value in scores.items():
-            if value is None or isinstance(value, (int, float)):
-                found.append((metric, value, None))
-    if kind == "booookscore" and "score" in result:
-        found.append(("booookscore", result["score"], {"mode": result.get("mode")}))
-    return found

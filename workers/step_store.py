@@ -21,6 +21,7 @@ def _usage_columns(usage: StepUsage) -> dict[str, Any]:
         "finish_reason": usage.finish_reason or None,
         "template": usage.template or None,
         "template_hash": usage.template_hash or None,
+        "fingerprint": usage.fingerprint(),
     }
 
 

@@ -248,6 +248,14 @@ class EmbeddedModel:
         if not self._pool.model_name:
             await self._pool.check()  # the model name and max_model_len, from /v1/models
 
+    async def ensure_ready(self) -> None:
+        """Start the process and learn its context window; never raises (a model that cannot
+        run is reported by status() and fails each call with the reason)."""
+        try:
+            await self.start()
+        except LLMError as err:
+            log.error("embedded model not ready: %s", err)
+
     async def chat(self, messages: list[Message], options: GenOptions | None = None) -> LLMResult:
         return await self._call(self._pool.chat, messages, options)
 

@@ -17,6 +17,13 @@ the pool retries itself so it can fail over. Per call:
   probe (GET <root>/health, else <base>/models) brings it back. When every endpoint is down
   a call waits for a probe to succeed, each wait costing one retry, then raises
   `LLMUnavailable`.
+- Context window: each endpoint's `max_model_len` comes from its /v1/models (the entry of
+  the configured model, else the first), whatever model is configured; `context_window` is
+  the smallest reported (a request may land on any endpoint), and the `context_window`
+  argument (LLM_CONTEXT_WINDOW) only the fallback for servers that report none. It is
+  learned by `ensure_ready()`, which `check()` and the first chat/complete/count_tokens call
+  run, so a caller that awaits any of them (a worker at start-up) reads the server's figure;
+  an endpoint that did not answer then is asked before its first request.
 
 `LLMResult.latency_s` is the whole call as the caller saw it (queueing and retries included);
 `attempts` counts the tries.
@@ -63,6 +70,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 _CONNECT_TIMEOUT_S = 10.0
 _CONNECTIONS_PER_CLIENT = 16
 _PROBE_TIMEOUT_S = 5.0
+_MODELS_TIMEOUT_S = 10.0
+_MODELS_RETRY_S = 30.0  # an endpoint whose /v1/models failed is asked again after this long
 
 
 def _root_url(base_url: str) -> str:
@@ -107,6 +116,11 @@ class _Endpoint:
         self.last_error = ""
         self.served = 0
         self.tokenize_supported: bool | None = None  # unknown until tried
+        # From /v1/models: asked (answered, even without a listing), the model's limit if
+        # reported, and when to ask again after a failure.
+        self.models_checked = False
+        self.max_model_len: int | None = None
+        self.models_retry_at = 0.0
         self.metrics = EndpointMetrics(self.base_url)
 
     def least_busy_shard(self) -> int:
@@ -157,7 +171,8 @@ class OpenAIPool:
         self._endpoints = [_Endpoint(u, api_key or "EMPTY", timeout_s, max_inflight) for u in endpoints]
         self._api_key = api_key or "EMPTY"
         self._model = model
-        self._context_window = context_window
+        self._fallback_context_window = context_window  # for servers that report no max_model_len
+        self._ready = False  # ensure_ready() has asked every endpoint once
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -170,7 +185,7 @@ class OpenAIPool:
         self._waiters: list[tuple[int, int, _Waiter]] = []
         self._arrivals = itertools.count()
         self._rr = 0  # rotates tie-breaking between equally loaded endpoints
-        self._model_lock: asyncio.Lock | None = None
+        self._models_lock: asyncio.Lock | None = None
         self._probe_task: asyncio.Task | None = None
         self._aux: httpx.AsyncClient | None = None  # probes and /tokenize
         # Token-count calibration against the server's tokenizer (see count_tokens).
@@ -189,7 +204,21 @@ class OpenAIPool:
 
     @property
     def context_window(self) -> int:
-        return self._context_window
+        """The smallest max_model_len the endpoints report, else the configured fallback."""
+        reported = [ep.max_model_len for ep in self._endpoints if ep.max_model_len]
+        return min(reported) if reported else self._fallback_context_window
+
+    async def ensure_ready(self) -> None:
+        """Learn the model name (when none is configured) and every endpoint's max_model_len
+        from /v1/models, once; later calls return at once. Never raises: an endpoint that does
+        not answer now is asked again before its first request."""
+        if self._ready:
+            return
+        async with self._lock():
+            if self._ready:
+                return
+            await asyncio.gather(*(self._learn_limits(ep) for ep in self._endpoints if not ep.models_checked))
+            self._ready = True
 
     @property
     def endpoints(self) -> list[str]:
@@ -210,6 +239,8 @@ class OpenAIPool:
         few tokens), so a budget check costs no round trip. Short texts are always estimated
         that way. Without `/tokenize` it is the plain cl100k count (an approximation: budgets
         built on it keep a margin)."""
+        if not self._ready:
+            await self.ensure_ready()  # budgets built on this count read context_window next
         if not text:
             return 0
         if len(text) > 200_000:  # a whole book: keep the event loop responsive
@@ -287,19 +318,15 @@ class OpenAIPool:
 
     async def check(self) -> list[dict[str, Any]]:
         """Probe every endpoint now (readiness): updates up/down state, learns the model name
-        and context window if not known yet, and returns health()."""
+        and each endpoint's context window if not known yet, and returns health()."""
         results = await asyncio.gather(*(self._probe(ep) for ep in self._endpoints))
         for ep, ok in zip(self._endpoints, results):
             if ok:
                 self._mark_up(ep)
             else:
                 self._mark_down(ep, ep.last_error or "probe failed")
-        up = [ep for ep in self._endpoints if ep.up]
-        if up and not self._model:
-            try:
-                await self._resolve_model(up[0])
-            except LLMError as err:
-                up[0].last_error = f"{type(err).__name__}: {err}"
+        await self.ensure_ready()
+        await asyncio.gather(*(self._learn_once(ep) for ep in self._endpoints if ep.up and not ep.models_checked))
         return self.health()
 
     # ----- the call loop -------------------------------------------------------------
@@ -308,6 +335,8 @@ class OpenAIPool:
         if self._closed:
             raise LLMUnavailable("the client is closed")
         started = time.perf_counter()
+        if not self._ready:
+            await self.ensure_ready()
         attempt = 0  # failed attempts so far (each retry or fruitless wait for a probe costs one)
         avoid: set[str] = set()
         last_error: LLMError | None = None
@@ -522,7 +551,11 @@ class OpenAIPool:
     # ----- one HTTP attempt ----------------------------------------------------------
 
     async def _attempt(self, ep: _Endpoint, kind: str, payload: Any, options: GenOptions) -> LLMResult:
-        model = options.model or self._model or await self._resolve_model(ep)
+        if not ep.models_checked:  # it did not answer /v1/models before: ask before using it
+            await self._learn_once(ep, required=not (options.model or self._model))
+        model = options.model or self._model
+        if not model:
+            raise LLMBadRequest("the server lists no models; set LLM_MODEL", endpoint=ep.base_url)
         body, request_options = _request(kind, payload, model, options)
         shard = ep.least_busy_shard()
         ep.shard_inflight[shard] += 1
@@ -541,25 +574,55 @@ class OpenAIPool:
             ep.shard_inflight[shard] -= 1
         return _to_result(data, kind, ep.base_url, model)
 
-    async def _resolve_model(self, ep: _Endpoint) -> str:
-        """First model the server lists (and its max_model_len, when vLLM reports it)."""
-        if self._model_lock is None:
-            self._model_lock = asyncio.Lock()
-        async with self._model_lock:
-            if self._model:
-                return self._model
-            try:
-                page = await ep.clients[0].models.list()
-            except openai.APIError as exc:
-                raise _map_error(exc, ep.base_url) from exc
-            if not page.data:
-                raise LLMBadRequest("the server lists no models; set LLM_MODEL", endpoint=ep.base_url)
-            first = page.data[0]
-            max_len = getattr(first, "max_model_len", None)
-            if isinstance(max_len, int) and max_len > 0:
-                self._context_window = max_len
-            self._model = first.id
-            return self._model
+    def _lock(self) -> asyncio.Lock:
+        if self._models_lock is None:
+            self._models_lock = asyncio.Lock()
+        return self._models_lock
+
+    async def _learn_once(self, ep: _Endpoint, required: bool = False) -> None:
+        """_learn_limits for one endpoint, one caller at a time. After a timeout or server error
+        the endpoint is asked again only once _MODELS_RETRY_S have passed, unless the answer is
+        `required` (a server that answers calls but not /models costs no request per call)."""
+        async with self._lock():
+            if ep.models_checked or (not required and time.monotonic() < ep.models_retry_at):
+                return
+            await self._learn_limits(ep, required)
+
+    async def _learn_limits(self, ep: _Endpoint, required: bool = False) -> None:
+        """Ask `ep`'s /v1/models once it answers. A failure is logged and left for a later
+        try, or raised when `required` (no model name is known without it)."""
+        try:
+            await self._read_models(ep)
+        except LLMError as err:
+            if not isinstance(err, LLMConnectionError):  # refused is cheap to ask again; a slow server is not
+                ep.models_retry_at = time.monotonic() + _MODELS_RETRY_S
+            ep.last_error = f"{type(err).__name__}: {err}"
+            log.info("LLM endpoint %s: could not read /models: %s", ep.base_url, err)
+            if required:
+                raise
+
+    async def _read_models(self, ep: _Endpoint) -> None:
+        """The model name (when none is configured) and `ep.max_model_len`, from the listing's
+        entry for the model (else its first entry). A 4xx answer counts as asked: the server
+        has no listing, and the fallback window applies."""
+        if ep.models_checked:
+            return
+        try:
+            page = await ep.clients[0].models.list(timeout=_MODELS_TIMEOUT_S)
+        except openai.APIError as exc:
+            err = _map_error(exc, ep.base_url)
+            if type(err) is not LLMBadRequest:
+                raise err from exc
+            page = None
+        ep.models_checked = True
+        cards = [(c.id, getattr(c, "max_model_len", None)) for c in (page.data if page else []) if c.id]
+        if not cards:
+            return
+        if not self._model:
+            self._model = cards[0][0]
+        max_len = next((n for model, n in cards if model == self._model), cards[0][1])
+        if isinstance(max_len, int) and not isinstance(max_len, bool) and max_len > 0:
+            ep.max_model_len = max_len
 
     async def _server_token_count(self, ep: _Endpoint, text: str) -> int | None:
         """Token count from the server's /tokenize: vLLM's shape, then llama.cpp's."""

@@ -99,4 +99,8 @@ class LLMClient(Protocol):
 
     async def count_tokens(self, text: str) -> int: ...
 
+    async def ensure_ready(self) -> None:
+        """Learn what the server reports (model name, context window) before budgets are
+        computed; never raises. A client with nothing to learn does nothing."""
+
     async def aclose(self) -> None: ...

@@ -8,8 +8,9 @@ l and produced length l':
 
 S_q: a judge model rates six dimensions with integers 1..5 while ignoring length. Per
 dimension, score_d = (mean rating - 1) * 25 (1..5 -> 0..100); S_q is the mean of the six.
-A verdict that never parses is recorded as missing: excluded from the means and counted,
-never turned into a number. The overall score is S = (S_l + S_q) / 2.
+A verdict that never parses, or a response too long for the judge's context, is recorded as
+missing with its reason: excluded from the means and counted (per length bin with the reason
+in the evaluation report), never turned into a number. The overall score is S = (S_l + S_q) / 2.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ QUALITY_DIMENSIONS = (
 JUDGE_TEMPLATE = "judge/longbench_write.j2"
 JUDGE_ATTEMPTS = 5  # the reference evaluation tries each item up to five times
 JUDGE_OPTIONS = dict(temperature=0.5, max_tokens=1024)  # the reference judge settings
+TOO_LONG_FOR_JUDGE = "does not fit the judge's context"
 
 # The analysis comes first so the model reasons before it rates.
 JUDGE_SCHEMA: dict[str, Any] = {
@@ -101,6 +103,18 @@ def overall_score(s_l: float | None, s_q: float | None) -> float | None:
     return (s_l + s_q) / 2.0
 
 
+def unjudged_reason(error: str | None) -> str:
+    """Why a response has no verdict, as a reason to count by: the judge's context size for a
+    response too long for it (the token counts differ per response), the exception type
+    for a verdict that never parsed."""
+    if not error:
+        return "no reason recorded"
+    if error.startswith(TOO_LONG_FOR_JUDGE):
+        window = error.split(" > ", 1)[-1].split(")", 1)[0]
+        return f"{TOO_LONG_FOR_JUDGE} (> {window} tokens)"
+    return "no valid verdict: " + error.split(":", 1)[0]
+
+
 def judge_messages(instruction: str, response: str, render: Callable[..., str] | None = None) -> list[dict[str, str]]:
     """The judge prompt as chat messages. `render(template, **vars)` defaults to prompts.render."""
     if render is None:
@@ -135,12 +149,13 @@ async def judge_quality(
     messages = judge_messages(instruction, response, render)
     options = options or GenOptions(**JUDGE_OPTIONS)
     options.json_schema = JUDGE_SCHEMA
-    prompt_tokens = await client.count_tokens(messages[0]["content"])
-    if prompt_tokens + options.max_tokens > client.context_window:
+    prompt_tokens = await client.count_tokens(messages[0]["content"])  # also learns the judge's window
+    needed, window = prompt_tokens + options.max_tokens, client.context_window
+    if needed > window:
         return {
             "status": "missing",
-            "error": f"response too long for the judge: {prompt_tokens} prompt tokens + "
-            f"{options.max_tokens} for the verdict exceed its {client.context_window}-token context",
+            "error": f"{TOO_LONG_FOR_JUDGE} ({needed} tokens > {window}): the response is too long for the "
+            f"judge ({prompt_tokens} prompt tokens + {options.max_tokens} for the verdict)",
         }
     try:
         verdict, _ = await chat_json(client, messages, JUDGE_SCHEMA, options, attempts=attempts)

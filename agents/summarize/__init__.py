@@ -2,7 +2,7 @@
 
 `await run(ctx, params)` loads the document, optionally strips the Project Gutenberg
 header/footer, chunks it by tokens (agents.chunking), summarizes it with the chosen method
-and returns:
+and returns (typed as `SummarizeResult`):
 
     {"summary", "word_count", "target_words", "length_ok", "trimmed", "method",
      "chunks", "chunk_size", "levels": [{"level", "nodes", "limit_tokens", "limit_words"}],
@@ -28,16 +28,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from agents.booookscore import BooookScoreOutcome, BooookScoreSkipped, score_summary
 from agents.chunking import counted_chunks
 from agents.context import JobContext
 from agents.gutenberg import strip_gutenberg
+from agents.kinds import JobKind, ResultView, Score
 from agents.summarize.budgets import BudgetError
 from agents.summarize.hierarchical import HierarchicalSummarizer
 from agents.summarize.incremental import IncrementalSummarizer
 
-__all__ = ["SummarizeParams", "BudgetError", "run"]
+__all__ = ["SummarizeParams", "SummarizeResult", "BudgetError", "run", "KIND"]
 
 
 class SummarizeParams(BaseModel):
@@ -60,6 +62,93 @@ class SummarizeParams(BaseModel):
     # Run BooookScore on the final summary afterwards (needs a configured judge model).
     score: bool = False
     score_mode: Literal["per_sentence", "batched"] = "per_sentence"
+
+
+class _AbsentStaysAbsent(BaseModel):
+    """Some keys of the result appear only in some branches (a method's own counters, a tree
+    node's optional parts). A field that was not given is left out of the dump, so that
+    `model_validate(d).model_dump(mode="json") == d`: stored results keep their exact shape."""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in type(self).model_fields.keys() - self.model_fields_set:
+            data.pop(name, None)
+        return data
+
+
+class SummaryLevel(BaseModel):
+    """One level of the hierarchical tree (level 0: chunk summaries; the last: the final one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: int
+    nodes: int = Field(description="summaries at this level")
+    limit_tokens: int = Field(description="each summary's token limit")
+    limit_words: int
+
+
+class TreeNode(_AbsentStaysAbsent):
+    """One summary (a step). Hierarchical: chunk and merge nodes, then revisions; incremental:
+    update and compress nodes, then revisions. Keys that a node kind lacks are absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description='the step key, e.g. "chunk/0/3", "merge/1/0", "update/4/1", "revise/0"')
+    level: int | None = Field(description="the tree level; null for incremental nodes")
+    children: list[str] = Field(description="ids of the nodes this one summarizes or revises")
+    words: int
+    calls: int = Field(description="model calls behind this node")
+    tokens: int | None = Field(None, description="cl100k tokens (absent on revisions)")
+    problem: str | None = Field(
+        None, description="why the kept answer misses its budget; null when it meets it (absent on revisions)"
+    )
+    chunk: int | None = Field(None, description="the chunk it read (hierarchical chunk nodes, incremental updates)")
+    context: str | None = Field(None, description="the previous merge given as context (hierarchical merges)")
+    kind: Literal["update", "compress", "revise"] | None = Field(
+        None, description="absent on hierarchical chunk and merge nodes"
+    )
+    final: bool | None = Field(None, description="true on the hierarchical final merge")
+
+
+class SummaryTree(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[TreeNode] = Field(description="hierarchical: level by level, in step-key order; incremental: in order of creation")
+    root: str = Field(description="the id of the node whose text is the summary")
+
+
+class SummarizeResult(_AbsentStaysAbsent):
+    model_config = ConfigDict(extra="forbid")
+
+    summary: str = Field(description="the final summary")
+    word_count: int
+    length_ok: bool = Field(description="word_count is within +-10 % of target_words")
+    trimmed: bool = Field(description="the summary was cut to whole sentences to fit the bound (the last resort)")
+    levels: list[SummaryLevel] = Field(description="hierarchical levels; empty for incremental")
+    tree: SummaryTree
+    calls: int = Field(description="every model call behind the summary")
+    sequential_merges: int | None = Field(
+        None, description="merges, run one after another within a level (hierarchical only; null without merge_context)"
+    )
+    updates: int | None = Field(None, description="running-summary updates (incremental only)")
+    compressions: int | None = Field(None, description="updates redone after compressing (incremental only)")
+    method: Literal["hierarchical", "incremental"]
+    target_words: int
+    chunks: int = Field(description="chunks the document was cut into")
+    chunk_size: int
+    model: str = Field(description="the summarizing model")
+    context_window: int
+    booookscore: BooookScoreOutcome | BooookScoreSkipped | None = Field(
+        None, description="BooookScore of the summary, or why it was skipped (only when params.score was set)"
+    )
+
+
+def result_scores(result: SummarizeResult) -> list[Score]:
+    score = result.booookscore
+    if isinstance(score, BooookScoreOutcome) and score.score is not None:
+        return [Score("booookscore", score.score, {"mode": score.mode})]
+    return []
 
 
 async def run(ctx: JobContext, params: SummarizeParams | dict[str, Any]) -> dict[str, Any]:
@@ -91,9 +180,19 @@ async def run(ctx: JobContext, params: SummarizeParams | dict[str, Any]) -> dict
         if ctx.judge is None:
             result["booookscore"] = {"skipped": "no judge model is configured (JUDGE_ENDPOINTS)"}
         else:
-            from agents import booookscore
-
-            result["booookscore"] = await booookscore.score_summary(
+            result["booookscore"] = await score_summary(
                 ctx, result["summary"], mode=params.score_mode, key_prefix="booookscore/"
             )
     return result
+
+
+KIND = JobKind(
+    name="summarize",
+    description="book summarization (hierarchical or incremental)",
+    params=SummarizeParams,
+    result=SummarizeResult,
+    run=run,
+    version=1,
+    view=ResultView(text="summary", tree="tree"),
+    scores=result_scores,
+)

@@ -11,8 +11,10 @@ from api.auth import Principal, principal
 from api.routes.jobs import load_visible_job, submit_job
 from api.serialize import job_json
 from api.state import AppState, get_state
+from agents import dataset as ds
+from agents import dataset_kind
 from db import repo
-from workers import dataset as dataset_kind
+from workers.job_services import read_children
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
@@ -32,7 +34,7 @@ def create_dataset(
     rejected: list[dict[str, Any]] = []
     if isinstance(params.get("jsonl"), str):
         # Report bad lines now, by line number; the good lines still make the dataset.
-        items, rejected = dataset_kind.ds.parse_instruction_jsonl(params["jsonl"])
+        items, rejected = ds.parse_instruction_jsonl(params["jsonl"])
         if not items:
             raise HTTPException(422, {"message": "no valid instruction lines", "rejected_lines": rejected})
     data, created = submit_job(state, who, "dataset", params, priority, idempotency_key)
@@ -67,8 +69,8 @@ def export_dataset(
     if format not in dataset_kind.FORMATS:
         raise HTTPException(422, f"format must be one of {', '.join(dataset_kind.FORMATS)}")
     job = _dataset_job(state, dataset_id, who)
-    gates = dataset_kind.ds.GateSettings.model_validate(job["params"].get("gates") or {})
-    records, _stats = dataset_kind.build_export(state.db, dataset_id, gates, format)
+    gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
+    records, _stats = _export(state, dataset_id, gates, format)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return StreamingResponse(
         lines, media_type="application/x-ndjson",
@@ -79,6 +81,12 @@ def export_dataset(
 @router.get("/datasets/{dataset_id}/stats")
 def dataset_stats(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     job = _dataset_job(state, dataset_id, who)
-    gates = dataset_kind.ds.GateSettings.model_validate(job["params"].get("gates") or {})
-    _records, stats = dataset_kind.build_export(state.db, dataset_id, gates, "longwriter")
+    gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
+    _records, stats = _export(state, dataset_id, gates, "longwriter")
     return stats
+
+
+def _export(state: AppState, dataset_id: str, gates: ds.GateSettings, fmt: str):
+    with state.db.reading() as session:
+        children = read_children(session, dataset_id)
+    return dataset_kind.build_export(children, gates, fmt)

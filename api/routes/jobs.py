@@ -3,24 +3,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from agents import fingerprints
+from agents.kinds import InvalidParams, UnknownKind, all_kinds, get_kind, kind_names, validate_params
+from agents.status import FINISHED_STATUSES, JOB_STATUSES
 from api.auth import Principal, principal
+from api.schemas import Job as JobOut
+from api.schemas import JobList, KindList, StepList
 from api.serialize import job_json, step_json
 from api.state import AppState, get_state
 from db import repo
-from db.models import FINISHED_STATUSES, JOB_STATUSES, Job
-from workers.kinds import KINDS, InvalidParams, UnknownKind, validate_params
+from db.models import Job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 class JobRequest(BaseModel):
-    kind: str = Field(description=f"one of: {', '.join(KINDS)}")
+    kind: str = Field(description=f"one of: {', '.join(kind_names())} (GET /v1/kinds lists them with their params)")
     params: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=5, ge=0, le=9, description="0 is served first, 9 last")
 
@@ -70,7 +74,7 @@ def _check_references(session, who: Principal, params: BaseModel) -> None:
             raise HTTPException(404, f"job {job_id} not found")
 
 
-@router.post("/jobs", status_code=202)
+@router.post("/jobs", status_code=202, response_model=JobOut)
 def create(
     body: JobRequest,
     state: AppState = Depends(get_state),
@@ -81,7 +85,7 @@ def create(
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{data['id']}"})
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=JobList)
 def list_jobs(
     status: str | None = Query(default=None, description="comma-separated statuses"),
     kind: str | None = None,
@@ -100,7 +104,7 @@ def list_jobs(
         )
         usage = repo.usage_by_job(session, [j.id for j in jobs])
         items = [job_json(session, j, full=False, usage=usage[j.id]) for j in jobs]
-        return {"items": items, "total": total, "limit": limit, "offset": offset}
+        return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 def load_visible_job(session, job_id: str, who: Principal) -> Job:
@@ -110,13 +114,13 @@ def load_visible_job(session, job_id: str, who: Principal) -> Job:
     return job
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     with state.db.reading() as session:
-        return job_json(session, load_visible_job(session, job_id, who))
+        return JSONResponse(job_json(session, load_visible_job(session, job_id, who)))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     with state.db.session() as session:
         job = load_visible_job(session, job_id, who)
@@ -126,23 +130,52 @@ def cancel(job_id: str, state: AppState = Depends(get_state), who: Principal = D
         for child in repo.list_jobs(session, parent_id=job_id, status="queued,running", limit=100_000)[0]:
             repo.request_cancel(session, child)
         session.flush()
-        return job_json(session, job)
+        return JSONResponse(job_json(session, job))
 
 
-@router.post("/jobs/{job_id}/retry", status_code=202)
-def retry(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+class RetryRequest(BaseModel):
+    mode: Literal["reuse", "fresh"] | None = Field(
+        default=None,
+        description="what to do with stored steps that no longer match the code: reuse them, or run them "
+                    "and the steps that depend on them afresh; without a mode such a retry is refused (409)",
+    )
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut,
+             responses={409: {"description": "not retryable, or stored steps no longer match the code (without a mode)"}})
+def retry(job_id: str, body: RetryRequest | None = None, state: AppState = Depends(get_state),
+          who: Principal = Depends(principal)):
+    mode = body.mode if body is not None else None
     with state.db.session() as session:
         job = load_visible_job(session, job_id, who)
         if job.status not in ("failed", "cancelled"):
             raise HTTPException(409, f"only failed or cancelled jobs can be retried; job {job_id} is {job.status}")
-        repo.requeue_for_retry(session, job)
+        if mode is None:
+            stale = _stale_steps(session, job)
+            if stale:
+                raise HTTPException(409, {
+                    "message": f"{fingerprints.describe(stale)}: retry with mode 'reuse' to keep them or 'fresh' "
+                               "to run them and the steps that depend on them again",
+                    "stale_steps": stale,
+                })
+        repo.requeue_for_retry(session, job, mode)
         session.flush()
         body, priority = job_json(session, job), job.priority
     state.enqueue(job_id, priority)
-    return body
+    return JSONResponse(body, status_code=202)
 
 
-@router.get("/jobs/{job_id}/steps")
+def _stale_steps(session, job: Job) -> list[dict[str, Any]]:
+    """Stored steps whose templates or kind version changed (the worker also compares models)."""
+    try:
+        version = get_kind(job.kind).version
+    except Exception:  # the kind is gone: the worker will fail the job with the reason
+        return []
+    steps = [fingerprints.StoredStep(*row) for row in repo.stored_steps(session, job.id)]
+    return fingerprints.stale_steps(steps, version)
+
+
+@router.get("/jobs/{job_id}/steps", response_model=StepList)
 def steps(
     job_id: str,
     with_output: bool = False,
@@ -151,7 +184,7 @@ def steps(
 ):
     with state.db.reading() as session:
         load_visible_job(session, job_id, who)
-        return {"items": [step_json(s, with_output) for s in repo.list_steps(session, job_id)]}
+        return JSONResponse({"items": [step_json(s, with_output) for s in repo.list_steps(session, job_id)]})
 
 
 @router.get("/jobs/{job_id}/events")
@@ -198,14 +231,7 @@ async def events(
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/kinds")
+@router.get("/kinds", response_model=KindList)
 def kinds():
-    """The job kinds and the JSON schema of each kind's params."""
-    out = []
-    for kind in KINDS.values():
-        try:
-            schema = kind.params_model().model_json_schema()
-        except (ImportError, AttributeError):
-            continue  # a kind whose module is not installed here
-        out.append({"kind": kind.name, "description": kind.description, "params_schema": schema})
-    return {"items": out}
+    """The job kinds: params and result JSON schemas, and how a result is shown."""
+    return {"items": [kind.describe() for kind in all_kinds()]}

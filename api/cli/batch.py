@@ -2,6 +2,7 @@
 
 Both run real jobs through the REST API (so they use the server's workers, model pool and
 checkpoints); `eval --local` instead runs the agents in this process on the configured model.
+Both check first that the API answers, and an eval stops as soon as it no longer does.
 """
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from typing import Any
 
 import click
 
-from api.cli import CliFailure, cli, follow_job, load_settings, make_client, note, report_outcome
+from api.cli.base import CliFailure, cli, load_settings, make_client, note, parse_params
+from api.cli.jobs import follow_job, report_outcome
+from api.client import ApiError, ApiUnreachable
+
+
+class ApiGone(BaseException):
+    """Carries ApiUnreachable out of `run_prompt_set`, which records an item's Exception as a
+    failed item and goes on: a BaseException ends the whole run instead."""
+
+    def __init__(self, error: ApiUnreachable):
+        super().__init__(str(error))
+        self.error = error
 
 
 @cli.group("eval")
@@ -37,7 +49,6 @@ def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, loca
     """Run LongBench-Write as write jobs and report S_l (and S_q when a judge is configured)
     overall, by length bin and by type, for each method. The last line is one JSON object."""
     from agents import evaluation
-    from api.cli import parse_params
 
     try:
         items = evaluation.load_prompt_set(prompt_file or evaluation.BUNDLED_PROMPT_SET)
@@ -57,7 +68,11 @@ def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, loca
              f"words={outcome.get('word_count')}/{outcome.get('length')} {outcome.get('status', '')}")
 
     started = time.monotonic()
-    report = asyncio.run(evaluation.run_prompt_set(items, run_item, methods, concurrency=concurrency, on_outcome=on_outcome))
+    try:
+        report = asyncio.run(evaluation.run_prompt_set(items, run_item, methods, concurrency=concurrency, on_outcome=on_outcome))
+    except ApiGone as gone:
+        note(f"stopped after {done['n']} of {total} runs: the API no longer answers (submitted jobs go on there)")
+        raise gone.error from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = evaluation.render_table(report)
@@ -71,11 +86,18 @@ def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, loca
 
 def _api_runner(ctx: click.Context, write_params: dict[str, Any]):
     client = make_client(ctx)
+    gone: list[ApiUnreachable] = []  # once the API is gone, no item starts (one may be waiting to)
 
     async def run_item(item, method: str) -> dict[str, Any]:
+        if gone:
+            raise ApiGone(gone[0])
         params = {**write_params, "instruction": item.prompt, "target_words": item.length, "method": method}
-        job, _ = await asyncio.to_thread(client.submit_job, "write", params)
-        final = await asyncio.to_thread(client.wait_job, job["id"])
+        try:
+            job, _ = await asyncio.to_thread(client.submit_job, "write", params)
+            final = await asyncio.to_thread(client.wait_job, job["id"])
+        except ApiUnreachable as exc:
+            gone.append(exc)
+            raise ApiGone(exc) from None
         if final["status"] != "succeeded":
             raise RuntimeError(f"job {job['id']} {final['status']}: {final.get('error')}")
         return final["result"]
@@ -112,8 +134,6 @@ def dataset_group() -> None:
 def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs, out_file, no_watch) -> None:
     """Build a dataset from SOURCE, a JSONL of instructions ({"instruction"|"prompt", optional
     "target_words"|"length"} per line), or from --seed prompts with --count."""
-    from api.cli import parse_params
-
     if bool(source) == bool(seeds):
         raise CliFailure("give a JSONL file of instructions, or --seed prompts with --count", 2)
     if seeds and not count:
@@ -132,9 +152,12 @@ def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs,
     else:
         body["seeds"], body["count"] = list(seeds), count
     client = make_client(ctx)
-    job = client.create_dataset(body)
-    for bad in job.get("rejected_lines") or []:
-        note(f"{source}:{bad['line']}: skipped: {bad['error']}")
+    try:
+        job = client.create_dataset(body)
+    except ApiError as exc:  # e.g. 422 when no line of the JSONL is a valid instruction
+        _note_rejected(source, (exc.data or {}).get("rejected_lines"))
+        raise
+    _note_rejected(source, job.get("rejected_lines"))
     note(f"dataset job {job['id']}: {job['status']}")
     if no_watch:
         click.echo(job["id"])
@@ -149,6 +172,11 @@ def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs,
     if out_file:
         _export(client, final["id"], (list(formats) or ["longwriter"])[0], out_file)
     click.echo(final["id"])
+
+
+def _note_rejected(source: str | None, rejected: list[dict[str, Any]] | None) -> None:
+    for bad in rejected or []:
+        note(f"{source}:{bad['line']}: skipped: {bad['error']}")
 
 
 @dataset_group.command("export")

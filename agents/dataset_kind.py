@@ -3,8 +3,10 @@
 The parent job resolves its instructions (given, from a JSONL, or generated from seed
 prompts), spawns the children (idempotently, so a resumed parent never doubles them),
 follows them with progress, then applies the quality gates and writes the export files.
-The export can also be built at any time from whatever children have finished, so a
-cancelled build keeps what it made.
+The export can also be built at any time from whatever children have finished
+(`build_export`, used by the API), so a cancelled build keeps what it made.
+
+Everything goes through the job context: child jobs, their results, the data directory.
 """
 from __future__ import annotations
 
@@ -13,14 +15,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agents import dataset as ds
-from agents.context import JobContext
-from db import repo
-from db.models import FINISHED_STATUSES
+from agents.context import ChildJob, JobContext
+from agents.kinds import JobKind, ResultView
 
-FORMATS = ("longwriter", "alpaca", "sharegpt")
+FORMATS = ds.FORMATS
 
 
 class DatasetItem(BaseModel):
@@ -60,9 +61,22 @@ class DatasetParams(BaseModel):
         return write
 
 
-async def run(ctx: JobContext, params: DatasetParams) -> dict[str, Any]:
-    runtime = ctx.runtime
+class RejectedLine(BaseModel):
+    line: int
+    error: str
 
+
+class DatasetResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str] = Field(description="path of each export format's JSONL, and of stats.json ('stats')")
+    stats: dict[str, Any] = Field(description="items, kept, drops per gate, statuses, languages, length histogram")
+    kept: int | None = Field(description="items that passed every gate")
+    items: int | None = Field(description="child write jobs")
+    rejected_lines: list[RejectedLine] = Field(default_factory=list, description="input lines that were not instructions")
+
+
+async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
     async def resolve_items() -> dict[str, Any]:
         if params.items is not None:
             return {"items": [i.model_dump() for i in params.items], "rejected_lines": []}
@@ -83,85 +97,67 @@ async def run(ctx: JobContext, params: DatasetParams) -> dict[str, Any]:
             {"instruction": item["instruction"], "target_words": item.get("target_words"), **params.write}
             for item in items
         ]
-        return await runtime.spawn_children(ctx.job_id, "write", children, params.child_priority)
+        return await ctx.spawn_children("write", children, params.child_priority)
 
-    child_ids = await ctx.step("spawn", spawn)
-    total = len(child_ids)
+    await ctx.step("spawn", spawn)
     measured = MeasuredChildren(params.gates.shingle_size)
-    measured_count = 0
-    while True:
-        counts = await runtime.children_status(ctx.job_id)
-        finished = sum(counts.get(s, 0) for s in FINISHED_STATUSES)
-        await ctx.progress(finished, total, children=counts)
-        if finished >= total:
-            break
-        ctx.check_cancelled()
-        # One cheap grouped count per poll; meanwhile the texts finished so far are measured
-        # for the gates, so the export after the last child has little left to do.
-        pause = asyncio.sleep(0.1)
-        if finished > measured_count:
-            await asyncio.gather(asyncio.to_thread(measured.update, runtime.db, ctx.job_id), pause)
-            measured_count = finished
-        else:
-            await pause
 
-    export = await asyncio.to_thread(
-        write_export, runtime.db, ctx.job_id, params, Path(ctx.settings.longform_data_dir), measured)
-    export["rejected_lines"] = resolved["rejected_lines"]
-    return export
+    async def measure_finished() -> None:
+        # Measured while the other children still run, so the export after the last one
+        # has little left to do.
+        new = await ctx.children(finished_only=True, exclude=measured.child_ids())
+        await asyncio.to_thread(measured.update, new)
+
+    await ctx.wait_children(on_finished=measure_finished)
+    children = await ctx.children()
+    export = await asyncio.to_thread(write_export, children, params, ctx.data_dir / "datasets" / ctx.job_id, measured)
+    return DatasetResult(**export, rejected_lines=resolved["rejected_lines"])
 
 
 class MeasuredChildren:
-    """Finished children as samples with their gate features, measured while the other
-    children still run, so that the export after the last one has little left to do."""
+    """Finished children as samples with their gate features, computed once each."""
 
     def __init__(self, shingle_size: int):
         self.shingle_size = shingle_size
         self._samples: dict[tuple[str, Any], ds.Sample] = {}  # by (child id, finished_at)
 
-    def update(self, db, parent_id: str) -> None:
-        """Measure the children that finished since the last call."""
-        with db.reading() as session:
-            children = repo.finished_children(session, parent_id, exclude={child_id for child_id, _ in self._samples})
+    def child_ids(self) -> set[str]:
+        return {child_id for child_id, _ in self._samples}
+
+    def update(self, children: list[ChildJob]) -> None:
         for child in children:
-            sample = ds.Sample.from_write_job(child.status, child.params, child.result)
+            sample = sample_of(child)
             if sample.status == "succeeded":
                 sample.gate_features(self.shingle_size)
             self._samples[(child.id, child.finished_at)] = sample
 
-    def get(self, child) -> ds.Sample | None:
+    def get(self, child: ChildJob) -> ds.Sample | None:
         """The measured sample of this child, unless it changed since (a retried child)."""
         return self._samples.get((child.id, child.finished_at))
 
 
-def collect_samples(db, parent_id: str, measured: MeasuredChildren | None = None) -> list[ds.Sample]:
-    """Every child of a dataset job as a sample for the gates, in item order."""
-    with db.reading() as session:
-        children, _ = repo.list_jobs(session, parent_id=parent_id, limit=1_000_000)
-    children.sort(key=lambda j: (j.created_at, j.id))
-    return [(measured and measured.get(child)) or ds.Sample.from_write_job(child.status, child.params, child.result)
-            for child in children]
+def sample_of(child: ChildJob) -> ds.Sample:
+    return ds.Sample.from_write_job(child.status, child.params, child.result)
 
 
-def gate_children(db, parent_id: str, gates: ds.GateSettings,
+def gate_children(children: list[ChildJob], gates: ds.GateSettings,
                   measured: MeasuredChildren | None = None) -> tuple[list[ds.Sample], dict[str, Any]]:
-    """The children that pass the gates, and the dataset's stats."""
-    samples = collect_samples(db, parent_id, measured)
+    """The children (in item order) that pass the gates, and the dataset's stats."""
+    samples = [(measured and measured.get(child)) or sample_of(child) for child in children]
     kept, gate_counts = ds.apply_gates(samples, gates)
     return kept, ds.dataset_stats(samples, kept, gate_counts)
 
 
-def build_export(db, parent_id: str, gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    kept, stats = gate_children(db, parent_id, gates)
+def build_export(children: list[ChildJob], gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    kept, stats = gate_children(children, gates)
     return ds.export_records(kept, fmt), stats
 
 
-def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path,
+def write_export(children: list[ChildJob], params: DatasetParams, out_dir: Path,
                  measured: MeasuredChildren | None = None) -> dict[str, Any]:
-    """Write one JSONL per format and stats.json under the data directory."""
-    out_dir = data_dir / "datasets" / parent_id
+    """Write one JSONL per format and stats.json into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    kept, stats = gate_children(db, parent_id, params.gates, measured)
+    kept, stats = gate_children(children, params.gates, measured)
     files: dict[str, str] = {}
     for fmt in params.formats:
         path = out_dir / f"{fmt}.jsonl"
@@ -173,3 +169,13 @@ def write_export(db, parent_id: str, params: DatasetParams, data_dir: Path,
     stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
     files["stats"] = str(stats_path)
     return {"files": files, "stats": stats, "kept": stats.get("kept"), "items": stats.get("items")}
+
+
+KIND = JobKind(
+    name="dataset",
+    description="batch-build an SFT dataset from write jobs",
+    params=DatasetParams,
+    result=DatasetResult,
+    run=run,
+    view=ResultView(),
+)
