@@ -592,7 +592,7 @@ async def score_quality(ctx: JobContext, params: WriteParams, text: str) -> dict
 
 async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
     """Run a `write` job; the result is a dict of the shape of `WriteResult` (below)."""
-    max_target = getattr(ctx.settings, "max_target_words", None) or DEFAULT_MAX_TARGET_WORDS
+    max_target = ctx.settings.max_target_words
     target, target_source = resolve_target(params, max_target)
     language = resolve_language(params.instruction, params.language)
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.context import JobContext
-from agents.kinds import JobKind, ResultView
+from agents.kinds import AbsentStaysAbsent, JobKind, ResultView
 from agents.llm.structured import chat_json
 from agents.llm.types import GenOptions
 
@@ -53,7 +53,7 @@ class ChatUsage(BaseModel):
     completion_tokens: int
 
 
-class ChatResult(BaseModel):
+class ChatResult(AbsentStaysAbsent):
     """What `run` returns. `json` is there only when the params gave a json_schema."""
 
     # The key is "json"; the attribute is json_value because BaseModel has a json() method.
@@ -61,21 +61,13 @@ class ChatResult(BaseModel):
 
     text: str = Field(description="the model's reply")
     # Absent (not null) without a json_schema; with one it holds the validated value, which may
-    # itself be null. The serializer below keeps an absent key absent, so stored JSON is unchanged.
+    # itself be null.
     json_value: Any = Field(
         default=None, alias="json", description="the reply parsed as JSON (only when json_schema was given)"
     )
     finish_reason: str = Field(description='why generation stopped: "stop", "length", ...')
     model: str = Field(description="the model that answered, as the server names it")
     usage: ChatUsage
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_json(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if "json_value" not in self.model_fields_set:
-            data.pop("json", None)
-            data.pop("json_value", None)
-        return data
 
 
 async def run(ctx: JobContext, params: ChatParams) -> dict[str, Any]:

@@ -243,7 +243,8 @@ class _RecordingClient:
         usage = _current_usage.get()
         if usage is not None:
             usage.add(result)
-            usage.models[self._role] = options.model or self._inner.model_name or result.model
+            if options.model is None:  # the client's own model; a model named by the job's params is in `sampling`
+                usage.models[self._role] = self._inner.model_name or result.model
             usage.sampling.append(sampling_of(options))
         return result
 

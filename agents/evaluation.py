@@ -25,6 +25,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Awaitable, Callable, Iterable
 
+from agents.settings import Settings
 from agents.metrics.longbench_write import (
     QUALITY_DIMENSIONS,
     aggregate_quality,
@@ -202,7 +203,7 @@ def local_runner(
     llm,
     *,
     judge=None,
-    settings: Any = None,
+    settings: Settings | None = None,
     write_params: dict[str, Any] | None = None,
 ) -> Callable[[EvalItem, str], Awaitable[dict[str, Any]]]:
     """A `run_item` that runs write jobs in this process with in-memory steps (tests,

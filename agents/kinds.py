@@ -24,7 +24,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,21 @@ BUILTIN_KINDS = {
     "booookscore": "agents.booookscore:KIND",
     "dataset": "agents.dataset_kind:KIND",
 }
+
+
+class AbsentStaysAbsent(BaseModel):
+    """A base for result models whose optional keys appear only in some branches (a method's
+    own counters, a tree node's optional parts): a field that was not given is left out of
+    the dump, so `model_validate(d).model_dump(mode="json") == d` and stored results keep
+    their exact shape."""
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in type(self).model_fields.keys() - self.model_fields_set:
+            data.pop(type(self).model_fields[name].alias or name, None)
+            data.pop(name, None)
+        return data
 
 
 class ResultView(BaseModel):

@@ -45,6 +45,17 @@ def running_api(settings: Settings, **app_kwargs):
         thread.join(15)
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
@@ -20,6 +19,7 @@ from db.schema import current_revision, head_revision
 from db.session import Database
 from tests.api_server import free_port, running_api
 from tests.db_fixtures import sqlite_url
+from tests.http_stub import LoopbackServer
 
 # Settings a developer's shell may carry; every test starts without them.
 ENV_VARS = (
@@ -354,7 +354,7 @@ def test_api_keys_are_sent_when_required(tmp_path, fake_llm):
 # ---- watch: resuming a dropped event stream ---------------------------------------------------
 
 
-class DroppingSseServer:
+class DroppingSseServer(LoopbackServer):
     """Serves one job whose event stream drops after two events; the reconnect must resume."""
 
     job_id = "f" * 32
@@ -403,16 +403,7 @@ class DroppingSseServer:
                     self.send_response(404)
                     self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_watch_resumes_a_dropped_stream_with_last_event_id():

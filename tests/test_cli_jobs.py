@@ -8,19 +8,19 @@ the real API server."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 import pytest
 
 from tests.api_server import free_port, running_api
+from tests.http_stub import LoopbackServer
 from tests.test_cli import CHAT, a_short_book, api_settings, api_url, clean_env, run  # noqa: F401  (fixtures)
 
 Route = Callable[[Any], tuple[int, Any]]  # request JSON body (None without one) -> (status, JSON answer)
 
 
-class ScriptedApi:
+class ScriptedApi(LoopbackServer):
     """Answers (method, path) from `routes`; /healthz answers 200; anything else 404. Records
     every request as (method, path, JSON body or None)."""
 
@@ -56,16 +56,7 @@ class ScriptedApi:
             def do_POST(self):
                 self.answer("POST")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def a_job(job_id: str, kind: str, result: Any, status: str = "succeeded") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from db import repo
 from db.session import Database
 from tests.db_fixtures import *  # noqa: F401,F403
 from tests.db_fixtures import sqlite_url
+from tests.api_server import wait_until
 from tests.processes import start_serve, start_worker
 
 BOOK = Path(__file__).resolve().parent / "data" / "pride_and_prejudice.txt"
@@ -39,14 +40,6 @@ def succeeded_steps(db: Database, job_id: str) -> dict[str, int]:
         return {st.key: st.calls for st in repo.list_steps(s, job_id) if st.status == "succeeded"}
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def finish_after_restart(client: httpx.Client, job_id: str) -> dict:

@@ -14,6 +14,9 @@ import httpx
 import pytest
 
 import prompts
+from agents import fingerprints
+from agents.context import JobContext, MemoryStepStore
+from agents.llm.types import GenOptions, LLMResult
 from agents.settings import Settings
 from db import repo
 from db.session import Database
@@ -135,3 +138,29 @@ def test_a_template_hash_covers_its_partials(templates):
     after = prompts.template_hash("fptest/with_partial.j2"), prompts.template_hash("fptest/plain.j2")
     assert after[0] != before[0] and after[1] == before[1]
     assert set(prompts.source_hashes("fptest/with_partial.j2")) == {"fptest/with_partial.j2", "fptest/_part.j2"}
+
+
+class _NamedModel:
+    model_name = "base-model"
+    context_window = 4096
+
+    async def chat(self, messages, options=None):
+        return LLMResult(text="ok", finish_reason="stop", prompt_tokens=3, completion_tokens=1, latency_s=0.0,
+                         model=(options.model if options else None) or self.model_name)
+
+
+async def test_the_client_model_is_compared_and_a_model_named_by_params_is_not():
+    store = MemoryStepStore()
+    ctx = JobContext(_NamedModel(), store=store)
+
+    async def ask(model=None):
+        return (await ctx.llm.chat([{"role": "user", "content": "hi"}], GenOptions(model=model))).text
+
+    await ctx.step("default", ask)
+    await ctx.step("named", lambda: ask("lora-adapter"))
+    default, named = store.usage["default"].fingerprint(), store.usage["named"].fingerprint()
+    assert default["models"] == {"llm": "base-model"} and named["models"] == {}
+    assert named["sampling"][0]["model"] == "lora-adapter"  # fixed by the job's params
+    assert fingerprints.changes(default, 1, {"llm": "other-model"}) == ["llm model base-model -> other-model"]
+    assert fingerprints.changes(named, 1, {"llm": "other-model"}) == []
+    assert fingerprints.changes(default, 2) == ["kind version 1 -> 2"]

@@ -19,6 +19,7 @@ from agents.kinds import JobKind, Score, get_kind
 from agents.llm.openai_pool import OpenAIPool
 from agents.llm.types import GenOptions, LLMResult
 from agents.settings import Settings
+from tests.test_summarize import first_words
 
 BOOK_PATH = Path(__file__).resolve().parent / "data" / "pride_and_prejudice.txt"
 SUMMARY = (
@@ -51,14 +52,6 @@ def book_text() -> str:
     return strip_gutenberg(BOOK_PATH.read_text(encoding="utf-8"))
 
 
-def first_words(text: str, n: int) -> str:
-    out, total = [], 0
-    for para in text.split("\n\n"):
-        out.append(para)
-        total += len(para.split())
-        if total >= n:
-            break
-    return "\n\n".join(out)
 
 
 def test_builtin_kinds_are_declared_in_their_modules():

@@ -18,7 +18,7 @@ from agents.llm.embedded_process import EmbeddedModel, ModelProcess
 from agents.llm.factory import make_llm_client
 from agents.llm.types import GenOptions, LLMUnavailable
 from agents.settings import Settings
-from tests.api_server import running_api, wait_for_job
+from tests.api_server import running_api, wait_for_job, wait_until
 from tests.db_fixtures import sqlite_url
 
 LONG_CHAT = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
@@ -34,14 +34,6 @@ def metric(text: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.booookscore import BooookScoreOutcome, BooookScoreSkipped, score_summary
 from agents.chunking import counted_chunks
 from agents.context import JobContext
 from agents.gutenberg import strip_gutenberg
-from agents.kinds import JobKind, ResultView, Score
+from agents.kinds import AbsentStaysAbsent, JobKind, ResultView, Score
 from agents.summarize.budgets import BudgetError
 from agents.summarize.hierarchical import HierarchicalSummarizer
 from agents.summarize.incremental import IncrementalSummarizer
@@ -64,19 +64,6 @@ class SummarizeParams(BaseModel):
     score_mode: Literal["per_sentence", "batched"] = "per_sentence"
 
 
-class _AbsentStaysAbsent(BaseModel):
-    """Some keys of the result appear only in some branches (a method's own counters, a tree
-    node's optional parts). A field that was not given is left out of the dump, so that
-    `model_validate(d).model_dump(mode="json") == d`: stored results keep their exact shape."""
-
-    @model_serializer(mode="wrap")
-    def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name in type(self).model_fields.keys() - self.model_fields_set:
-            data.pop(name, None)
-        return data
-
-
 class SummaryLevel(BaseModel):
     """One level of the hierarchical tree (level 0: chunk summaries; the last: the final one)."""
 
@@ -88,7 +75,7 @@ class SummaryLevel(BaseModel):
     limit_words: int
 
 
-class TreeNode(_AbsentStaysAbsent):
+class TreeNode(AbsentStaysAbsent):
     """One summary (a step). Hierarchical: chunk and merge nodes, then revisions; incremental:
     update and compress nodes, then revisions. Keys that a node kind lacks are absent."""
 
@@ -118,7 +105,7 @@ class SummaryTree(BaseModel):
     root: str = Field(description="the id of the node whose text is the summary")
 
 
-class SummarizeResult(_AbsentStaysAbsent):
+class SummarizeResult(AbsentStaysAbsent):
     model_config = ConfigDict(extra="forbid")
 
     summary: str = Field(description="the final summary")
