@@ -91,7 +91,7 @@ def list_jobs(
     kind: str | None = None,
     parent_id: str | None = None,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),  # past any real listing; larger overflows the database
     state: AppState = Depends(get_state),
     who: Principal = Depends(principal),
 ):
