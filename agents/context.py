@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import prompts
+from agents import fingerprints
 from agents.llm.types import GenOptions, LLMClient, LLMResult, Message
 from agents.settings import Settings
 from agents.status import FINISHED_STATUSES
@@ -60,8 +61,7 @@ class StepUsage:
             "models": dict(sorted(self.models.items())),
             "sampling": [json.loads(s) for s in unique_sampling],
         }
-        parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-        return parts
+        return fingerprints.with_hash(parts)
 
     def add(self, result: LLMResult) -> None:
         self.calls += 1
@@ -383,7 +383,7 @@ class JobContext:
         usage = _current_usage.get()
         if usage is not None:
             usage.template, usage.template_hash = template, rendered.template_hash
-            usage.templates.update(prompts.source_hashes(template))
+            usage.templates.update(rendered.sources)
         return rendered.text
 
     async def progress(self, done: float, total: float, **detail: Any) -> None:

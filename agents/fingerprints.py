@@ -93,8 +93,12 @@ def restamped(fingerprint: dict[str, Any] | None, kind_version: int, models: dic
     known_models = {role: (models or {}).get(role) or name for role, name in (fingerprint.get("models") or {}).items()}
     parts = {k: v for k, v in fingerprint.items() if k != "hash"}
     parts.update(templates=templates, version=kind_version, models=known_models, reused=True)
-    parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return parts
+    return with_hash(parts)
+
+
+def with_hash(parts: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint's parts with "hash", one short digest of them all."""
+    return {**parts, "hash": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def describe(stale: list[dict[str, Any]], limit: int = 10) -> str:

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         path = config_file or os.environ.get(CONFIG_FILE_VARIABLE, "")
         from_file = _read_toml(path) if path else {}
         env = {k.lower() for k in os.environ}
-        below_env = {k: v for k, v in from_file.items() if not (_env_names(k) & env)}
+        below_env = {name: v for name, v in from_file.items() if not (_env_names(name) & env)}
         settings = cls(**{**below_env, **overrides})
         settings._sources = _sources_of(cls, overrides, path, from_file)
         return settings
@@ -135,23 +135,24 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ValueError(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"the config file {path} is not valid TOML: {exc}") from None
-    known = {name.lower() for name in Settings.model_fields} | {"longform_api_key"}
-    unknown = sorted(k for k in data if k.lower() not in known)
+    field_of = {env_name: name for name in Settings.model_fields for env_name in _env_names(name)}
+    unknown = sorted(k for k in data if k.lower() not in field_of)
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(unknown)}")
-    return {k.lower(): v for k, v in data.items()}
+    return {field_of[k.lower()]: v for k, v in data.items()}
 
 
 def _env_names(field: str) -> set[str]:
-    names = {field.lower()}
-    if field.lower() in ("api_key", "longform_api_key"):
-        names |= {"api_key", "longform_api_key"}
-    return names
+    """The environment variable (and config key) names of a field, lower case: its name, or
+    the choices of its validation alias (api_key: API_KEY or LONGFORM_API_KEY)."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return {choice.lower() for choice in alias.choices if isinstance(choice, str)}
+    return {field.lower()}
 
 
 def _sources_of(cls: type[Settings], overrides: dict[str, Any], path: str, from_file: dict[str, Any]) -> dict[str, str]:
     env = {k.lower(): k for k in os.environ}
-    file_keys = {k.lower() for k in from_file}
     sources = {}
     for name in cls.model_fields:
         env_hit = next((env[n] for n in sorted(_env_names(name)) if n in env), None)
@@ -159,7 +160,7 @@ def _sources_of(cls: type[Settings], overrides: dict[str, Any], path: str, from_
             sources[name] = "flag"
         elif env_hit:
             sources[name] = f"env {env_hit.upper()}"
-        elif _env_names(name) & file_keys:
+        elif name in from_file:
             sources[name] = f"file {path}"
         else:
             sources[name] = "default"

@@ -32,6 +32,7 @@ class Rendered:
     text: str
     template: str
     template_hash: str  # sha256 of the template and every partial it uses, first 16 hex digits
+    sources: dict[str, str]  # the source hash of the template and of each partial, by name
 
 
 def register_template_dir(prefix: str, directory: str | Path) -> None:
@@ -91,8 +92,12 @@ def source_hashes(name: str) -> dict[str, str]:
 
 def template_hash(name: str) -> str:
     """One hash of `name` and every template it uses."""
-    combined = "".join(f"{part}\0{digest}\0" for part, digest in sorted(source_hashes(name).items()))
-    return hashlib.sha256(combined.encode()).hexdigest()[:16]
+    return _combined(source_hashes(name))
+
+
+def _combined(sources: dict[str, str]) -> str:
+    joined = "".join(f"{part}\0{digest}\0" for part, digest in sorted(sources.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def _closure(name: str) -> set[str]:
@@ -112,7 +117,8 @@ def _closure(name: str) -> set[str]:
 def render(name: str, **variables: Any) -> Rendered:
     """Render `name` (a path under prompts/, e.g. "agentwrite/plan.j2")."""
     text = _environment().get_template(name).render(**variables).strip()
-    return Rendered(text=text, template=name, template_hash=template_hash(name))
+    sources = source_hashes(name)
+    return Rendered(text=text, template=name, template_hash=_combined(sources), sources=sources)
 
 
 def warm() -> None:

@@ -66,8 +66,12 @@ class Enqueuer:
         self._app.conf.update(celery_config(settings))
 
     def __call__(self, job_id: str, priority: int = 5) -> None:
-        # Redis priority: 0 is served first, matching our job priority.
-        self._app.send_task(RUN_JOB_TASK, args=[job_id], priority=max(0, min(9, priority)), queue="longform")
+        send_job(self._app, job_id, priority)
+
+
+def send_job(celery: Celery, job_id: str, priority: int) -> None:
+    # Redis priority: 0 is served first, matching our job priority.
+    celery.send_task(RUN_JOB_TASK, args=[job_id], priority=max(0, min(9, priority)), queue="longform")
 
 
 class _LoopThread:
@@ -99,8 +103,7 @@ def loop_thread() -> _LoopThread:
 
 
 def enqueue(job_id: str, priority: int = 5) -> None:
-    # Redis priority: 0 is served first, matching our job priority.
-    run_job.apply_async(args=[job_id], priority=max(0, min(9, priority)))
+    send_job(app, job_id, priority)
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from prometheus_client import Counter, Gauge
 
+from agents.llm.embedded import DEFAULT_MODEL_FILE
 from agents.llm.openai_pool import OpenAIPool
 from agents.llm.types import GenOptions, LLMError, LLMResult, LLMUnavailable, Message
 
@@ -87,7 +88,6 @@ class ModelProcess:
         self.reason = ""  # why it is not ready
         self.last_exit = ""  # how the last process ended, and what it said last
         self.restarts = 0
-        self.deaths = 0
         self.pid: int | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -180,7 +180,6 @@ class ModelProcess:
                     self._set(FAILED, f"the embedded model cannot run here: {reason}")
                     return
             self.last_exit = reason
-            self.deaths += 1
             self.restarts += 1
             PROCESS_RESTARTS.inc()
             self._set(RESTARTING, reason)
@@ -236,7 +235,7 @@ class EmbeddedModel:
 
     @property
     def model_name(self) -> str:
-        return self._pool.model_name or Path(self.process.model_path or "SmolLM2-135M-Instruct.Q4_1").stem
+        return self._pool.model_name or Path(self.process.model_path or DEFAULT_MODEL_FILE).stem
 
     @property
     def context_window(self) -> int:
@@ -249,8 +248,7 @@ class EmbeddedModel:
             if state != READY:
                 raise LLMUnavailable(self.process.reason or f"the embedded model process is {state}",
                                      endpoint="embedded")
-        if not self._pool.model_name:
-            await self._pool.check()  # the model name and max_model_len, from /v1/models
+        await self._pool.ensure_ready()  # the model name and max_model_len, from /v1/models (once)
 
     async def ensure_ready(self) -> None:
         """Start the process and learn its context window; never raises (a model that cannot
@@ -268,13 +266,13 @@ class EmbeddedModel:
 
     async def _call(self, method, payload: Any, options: GenOptions | None) -> LLMResult:
         await self.start()
-        deaths = self.process.deaths
+        restarts = self.process.restarts
         try:
             result = await method(payload, options)
         except LLMError as err:
             if self.process.state == FAILED:
                 raise LLMUnavailable(self.process.reason, endpoint="embedded") from err
-            if self.process.deaths != deaths:
+            if self.process.restarts != restarts:
                 raise type(err)(f"{err}; the embedded model process died during the call: {self.process.last_exit}",
                                 endpoint=err.endpoint, status=err.status) from err
             raise
