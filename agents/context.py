@@ -51,6 +51,9 @@ class StepUsage:
     models: dict[str, str] = field(default_factory=dict)
     sampling: list[dict[str, Any]] = field(default_factory=list)
     kind_version: int = 1
+    # The origin of each template or partial that did not come from the bundled files
+    # ("PROMPTS_DIR", "set:NAME"); recorded, not compared (the source hashes already are).
+    origins: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> dict[str, Any]:
         """What produced this step, and a hash of it: a retry compares them with the code's."""
@@ -61,6 +64,8 @@ class StepUsage:
             "models": dict(sorted(self.models.items())),
             "sampling": [json.loads(s) for s in unique_sampling],
         }
+        if self.origins:  # only overlaid prompts: a bundled-only step's fingerprint is as before
+            parts["origins"] = dict(sorted(self.origins.items()))
         return fingerprints.with_hash(parts)
 
     def add(self, result: LLMResult) -> None:
@@ -277,6 +282,7 @@ class JobContext:
         services: JobServices | None = None,
         succeeded: dict[str, Any] | None = None,
         kind_version: int = 1,
+        prompt_set: str | None = None,
     ):
         self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority)
         # The judge (S_q, BooookScore) may be a different model; None when not configured.
@@ -292,6 +298,10 @@ class JobContext:
         self._done: dict[str, Any] | None = succeeded  # None: asked of the store on first use
         self._load_lock = asyncio.Lock()
         self.steps_run = 0  # steps actually executed (not replayed) in this run
+        self.prompt_set = prompt_set  # the job's named prompt set (an overlay), if any
+        # Where templates come from: the set, then PROMPTS_DIR, then the bundled files
+        # (prompts.UnknownPromptSet when the set is not installed).
+        self.prompt_overlay = self.settings.prompt_overlay(prompt_set)
 
     @property
     def data_dir(self) -> Path:
@@ -379,11 +389,19 @@ class JobContext:
 
     def render(self, template: str, **variables: Any) -> str:
         """Render a prompt template and record its name and hash on the running step."""
-        rendered = prompts.render(template, **variables)
+        return self._record_render(prompts.render(template, overlay=self.prompt_overlay, **variables))
+
+    def render_text(self, template: str, fill: Callable[[str], str]) -> str:
+        """Render a reference implementation's plain-text prompt file (prompts.render_text)."""
+        return self._record_render(prompts.render_text(template, fill, overlay=self.prompt_overlay))
+
+    def _record_render(self, rendered: "prompts.Rendered") -> str:
+        template = rendered.template
         usage = _current_usage.get()
         if usage is not None:
             usage.template, usage.template_hash = template, rendered.template_hash
             usage.templates.update(rendered.sources)
+            usage.origins.update({n: o for n, o in rendered.origins.items() if o != prompts.BUNDLED})
         return rendered.text
 
     async def progress(self, done: float, total: float, **detail: Any) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    import prompts
 
 CONFIG_FILE_VARIABLE = "LONGFORM_CONFIG"
 
@@ -47,6 +50,12 @@ class Settings(BaseSettings):
     judge_endpoints: str = ""
     judge_api_key: str = "EMPTY"
     judge_model: str = ""
+    # Prompts ("your prompts or ours"): files that replace the bundled templates of the same
+    # relative name (summarize/chunk.j2, longwriter/plan.txt...) for every job; empty: none.
+    prompts_dir: str = ""
+    # Named prompt sets a job may choose (`prompt_set`), one subdirectory each, laid out like
+    # PROMPTS_DIR and taking precedence over it. Default: DATA_DIR/prompt-sets.
+    prompt_sets_dir: str = ""
     # API
     host: str = "127.0.0.1"
     port: int = 8000
@@ -73,6 +82,10 @@ class Settings(BaseSettings):
         self.longform_data_dir = str(Path(self.longform_data_dir).resolve())
         if not self.database_url:
             self.database_url = f"sqlite:///{Path(self.longform_data_dir) / 'longform.db'}"
+        if self.prompts_dir:
+            self.prompts_dir = str(Path(self.prompts_dir).expanduser().resolve())
+        self.prompt_sets_dir = str(Path(self.prompt_sets_dir).expanduser().resolve()) if self.prompt_sets_dir \
+            else str(Path(self.longform_data_dir) / "prompt-sets")
         return self
 
     @classmethod
@@ -105,6 +118,13 @@ class Settings(BaseSettings):
     @property
     def judge_endpoint_list(self) -> list[str]:
         return _url_list(self.judge_endpoints)
+
+    def prompt_overlay(self, prompt_set: str | None = None) -> prompts.Overlay | None:
+        """What replaces bundled templates for a job: its prompt set (which must be installed:
+        prompts.UnknownPromptSet), then PROMPTS_DIR. None: the bundled templates only."""
+        import prompts
+
+        return prompts.make_overlay(self.prompts_dir, self.prompt_sets_dir, prompt_set)
 
     def public_view(self) -> dict[str, object]:
         """Effective settings with secrets masked (passwords in URLs, API keys)."""

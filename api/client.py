@@ -155,11 +155,14 @@ class LongformClient:
         *,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        prompt_set: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Returns the job and whether it is new (202) rather than an earlier one with the same key (200)."""
         body: dict[str, Any] = {"kind": kind, "params": params}
         if priority is not None:
             body["priority"] = priority
+        if prompt_set is not None:
+            body["prompt_set"] = prompt_set
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         response = self._request("POST", "/v1/jobs", json=body, headers=headers)
         return response.json(), response.status_code == 202
@@ -252,5 +255,9 @@ class LongformClient:
         """Start a dataset build; the answer lists `rejected_lines` of a JSONL source."""
         return self._json("POST", "/v1/datasets", json=body)
 
-    def export_dataset(self, dataset_id: str, fmt: str = "longwriter") -> str:
-        return self._request("GET", f"/v1/datasets/{dataset_id}/export", params={"format": fmt}, timeout=300.0).text
+    def export_dataset(self, dataset_id: str, fmt: str = "longwriter", state_length: bool | None = None) -> str:
+        """JSONL; `state_length` None: the dataset's own setting."""
+        params: dict[str, Any] = {"format": fmt}
+        if state_length is not None:
+            params["state_length"] = "true" if state_length else "false"
+        return self._request("GET", f"/v1/datasets/{dataset_id}/export", params=params, timeout=300.0).text

@@ -31,6 +31,7 @@ class JobSummary(BaseModel):
     progress_detail: dict[str, Any] | None = None
     error: str | None = None
     priority: int
+    prompt_set: str | None = Field(default=None, description="the named prompt set the job renders its templates from")
     parent_id: str | None = None
     owner: str | None = None
     runs: int

@@ -28,6 +28,7 @@ def job_json(
         "progress_detail": job.progress_detail,
         "error": job.error,
         "priority": job.priority,
+        "prompt_set": job.prompt_set,
         "parent_id": job.parent_id,
         "owner": job.owner,
         "runs": job.runs,

@@ -46,6 +46,8 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
     progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=5)  # 0 (first) .. 9 (last)
+    # The named prompt set the job renders its templates from first (PROMPT_SETS_DIR/NAME); NULL: none.
+    prompt_set: Mapped[str | None] = mapped_column(String(100), nullable=True)
     owner: Mapped[str] = mapped_column(String(64), default="local")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

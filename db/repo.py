@@ -29,8 +29,9 @@ class IdempotencyConflict(Exception):
 # ---- jobs -------------------------------------------------------------------------------
 
 
-def request_fingerprint(kind: str, params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps([kind, params], sort_keys=True).encode()).hexdigest()
+def request_fingerprint(kind: str, params: dict[str, Any], prompt_set: str | None = None) -> str:
+    request: list[Any] = [kind, params] if prompt_set is None else [kind, params, {"prompt_set": prompt_set}]
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 def create_job(
@@ -42,9 +43,10 @@ def create_job(
     priority: int = 5,
     idempotency_key: str | None = None,
     parent_id: str | None = None,
+    prompt_set: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job. With an idempotency key already used by this owner, return that job."""
-    fingerprint = request_fingerprint(kind, params)
+    fingerprint = request_fingerprint(kind, params, prompt_set)
     if idempotency_key:
         existing = find_by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
@@ -57,6 +59,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         parent_id=parent_id,
+        prompt_set=prompt_set,
     )
     session.add(job)
     if not idempotency_key:
@@ -172,6 +175,7 @@ class ClaimedJob:
     runs: int  # including this one
     succeeded: dict[str, Any]  # outputs of the steps earlier runs finished, by key
     retry_mode: str | None = None  # see requeue_for_retry
+    prompt_set: str | None = None  # the job's named prompt set, if any
 
 
 def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float) -> list[ClaimedJob]:
@@ -192,7 +196,8 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
             or_(JOBS.c.status == "queued", (JOBS.c.status == "running") & (JOBS.c.heartbeat_at < stale)),
         )
         .values(status="running", worker=worker, heartbeat_at=now, runs=JOBS.c.runs + 1, started_at=func.coalesce(JOBS.c.started_at, now))
-        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs, JOBS.c.retry_mode)
+        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs, JOBS.c.retry_mode,
+                   JOBS.c.prompt_set)
     ).all()
     if not rows:
         return []
@@ -201,7 +206,8 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
     ])
     # A first run has no earlier steps to load.
     steps = succeeded_steps_by_job(session, [row.id for row in rows if row.runs > 1])
-    return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {}), row.retry_mode)
+    return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {}), row.retry_mode,
+                       row.prompt_set)
             for row in rows]
 
 

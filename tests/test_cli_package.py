@@ -16,7 +16,7 @@ from api.cli.base import cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "booookscore", "cancel", "config", "dataset", "db", "eval", "fake-llm", "jobs", "keys", "result", "retry",
+    "booookscore", "cancel", "config", "dataset", "db", "eval", "fake-llm", "jobs", "keys", "prompts", "result", "retry",
     "serve", "status", "steps", "submit", "summarize", "upload", "watch", "worker", "write",
 ]
 

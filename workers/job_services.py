@@ -75,6 +75,7 @@ class DbJobServices:
                     job, _ = repo.create_job(
                         session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,
                         idempotency_key=f"{parent_id}/child/{index}", parent_id=parent_id,
+                        prompt_set=parent.prompt_set,  # children render from the parent's prompt set
                     )
                     ids.append(job.id)
                 return ids

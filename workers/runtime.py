@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+import prompts
 from agents import fingerprints
 from agents.context import JobCancelled, JobContext
 from agents.kinds import JobKind, get_kind, validate_params
@@ -104,12 +105,13 @@ class WorkerRuntime:
     def prepare(self) -> None:
         """Build the model clients, load the tokenizer and compile the prompt templates at
         start-up (imports, configuration errors) rather than in the first jobs."""
-        import prompts
         from agents.text import count_tokens
 
         _ = self.llm, self.judge
         count_tokens("warm up")
         prompts.warm()
+        if self.settings.prompts_dir and not os.path.isdir(self.settings.prompts_dir):
+            log.warning("PROMPTS_DIR %s is not a directory: jobs use the bundled templates", self.settings.prompts_dir)
 
     def model_status(self) -> dict[str, Any] | None:
         """State of the embedded model's process, when this worker runs one (for /readyz)."""
@@ -168,8 +170,13 @@ class WorkerRuntime:
         except Exception as exc:  # stored params no longer valid (code changed): fail, don't loop
             await self._db(repo.finish_job, job_id, self.worker_id, "failed", error=f"invalid params: {exc}")
             return "failed"
+        try:  # the job's prompt set, then PROMPTS_DIR, then the bundled templates
+            overlay = self.settings.prompt_overlay(claimed.prompt_set)
+        except prompts.UnknownPromptSet as exc:  # the set was removed since the job was submitted
+            await self._db(repo.finish_job, job_id, self.worker_id, "failed", error=str(exc))
+            return "failed"
         if claimed.succeeded or claimed.retry_mode:
-            stale = await self._db(self._settle_stale_steps, claimed, kind)
+            stale = await self._db(self._settle_stale_steps, claimed, kind, overlay)
             if stale:  # a person chooses: retry with mode reuse or fresh
                 await self._db(repo.finish_job, job_id, self.worker_id, "failed",
                                error=f"{fingerprints.describe(stale)}; retry with mode 'reuse' or 'fresh'")
@@ -187,6 +194,7 @@ class WorkerRuntime:
             services=self.services,
             succeeded=claimed.succeeded,
             kind_version=kind.version,
+            prompt_set=claimed.prompt_set,
         )
         agent = asyncio.create_task(kind.run(ctx, params), name=f"job-{job_id}")
         self._active[job_id] = (agent, cancel_flag)
@@ -221,13 +229,14 @@ class WorkerRuntime:
             models["judge"] = self.judge.model_name
         return {role: name for role, name in models.items() if name}
 
-    def _settle_stale_steps(self, session, claimed: repo.ClaimedJob, kind: JobKind) -> list[dict[str, Any]]:
+    def _settle_stale_steps(self, session, claimed: repo.ClaimedJob, kind: JobKind,
+                            overlay: prompts.Overlay | None = None) -> list[dict[str, Any]]:
         """Compare the stored steps with the code. Without a retry mode, return the stale ones
         (the job then fails); `reuse` keeps them under new fingerprints; `fresh` drops them
         and the steps that depend on them (claimed.succeeded loses those keys)."""
         models = self.current_models()
         steps = [fingerprints.StoredStep(*row) for row in repo.stored_steps(session, claimed.id)]
-        stale = fingerprints.stale_steps(steps, kind.version, models)
+        stale = fingerprints.stale_steps(steps, kind.version, models, overlay)
         mode, claimed.retry_mode = claimed.retry_mode, None
         if mode is not None:
             repo.clear_retry_mode(session, claimed.id)
@@ -236,7 +245,8 @@ class WorkerRuntime:
         stale_keys = {s["key"] for s in stale}
         if mode == "reuse":
             repo.restamp_steps(session, claimed.id, {
-                s.key: fingerprints.restamped(s.fingerprint, kind.version, models) for s in steps if s.key in stale_keys
+                s.key: fingerprints.restamped(s.fingerprint, kind.version, models, overlay)
+                for s in steps if s.key in stale_keys
             })
         else:
             dropped = fingerprints.with_dependents(steps, stale_keys)

@@ -15,7 +15,7 @@ of commands to it (`from api.cli.base import cli`) and never imports this packag
 """
 from __future__ import annotations
 
-from api.cli import batch, database, documents, jobs, methods, processes  # noqa: F401  (they register their commands)
+from api.cli import batch, database, documents, jobs, methods, processes, prompts  # noqa: F401  (they register their commands)
 from api.cli.base import cli
 
 

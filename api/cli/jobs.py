@@ -206,14 +206,16 @@ def submit_and_follow(
 @click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="One parameter (value parsed as JSON if it can be); repeatable.")
 @click.option("--priority", type=click.IntRange(0, 9), help="0 (first) .. 9 (last); default 5.")
 @click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same job.")
+@click.option("--prompt-set", metavar="NAME", help="A prompt set installed on the server (see `longform prompts list`).")
 @click.option("--wait", is_flag=True, help="Wait for the end and print the result.")
 @click.option("--watch", is_flag=True, help="Show live progress, then print the result.")
 @click.pass_context
-def submit(ctx, kind, params_json, params_file, pairs, priority, idempotency_key, wait, watch) -> None:
+def submit(ctx, kind, params_json, params_file, pairs, priority, idempotency_key, prompt_set, wait, watch) -> None:
     """Submit a job of KIND (chat, write, summarize, booookscore, dataset, ...)."""
     params = parse_params(params_json, params_file, pairs)
     client = make_client(ctx)
-    job, new = client.submit_job(kind, params, priority=priority, idempotency_key=idempotency_key)
+    job, new = client.submit_job(kind, params, priority=priority, idempotency_key=idempotency_key,
+                                 prompt_set=prompt_set)
     click.echo(job["id"])
     announce(job, new)
     if not (wait or watch):
@@ -274,6 +276,7 @@ def status(ctx, job_id, as_json) -> None:
         ("status", job["status"]),
         ("progress", progress_text(job)),
         ("priority", job.get("priority")),
+        ("prompts", f"set {job['prompt_set']}" if job.get("prompt_set") else None),
         ("parent", job.get("parent_id")),
         ("created", short_time(job.get("created_at"))),
         ("started", short_time(job.get("started_at"))),

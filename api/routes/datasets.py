@@ -26,18 +26,22 @@ def create_dataset(
     who: Principal = Depends(principal),
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
 ):
-    """Body: the `dataset` params (items | jsonl | document_id | seeds+count, write, gates, formats) and an optional priority."""
+    """Body: the `dataset` params (items | jsonl | document_id | seeds+count, write, gates, formats), an
+    optional priority and an optional prompt_set (its write jobs render from it)."""
     params = dict(body)
     priority = params.pop("priority", 5)
     if not isinstance(priority, int) or not 0 <= priority <= 9:
         raise HTTPException(422, "priority must be an integer from 0 to 9")
+    prompt_set = params.pop("prompt_set", None)
+    if prompt_set is not None and not isinstance(prompt_set, str):
+        raise HTTPException(422, "prompt_set must be the name of an installed prompt set")
     rejected: list[dict[str, Any]] = []
     if isinstance(params.get("jsonl"), str):
         # Report bad lines now, by line number; the good lines still make the dataset.
         items, rejected = ds.parse_instruction_jsonl(params["jsonl"])
         if not items:
             raise HTTPException(422, {"message": "no valid instruction lines", "rejected_lines": rejected})
-    data, created = submit_job(state, who, "dataset", params, priority, idempotency_key)
+    data, created = submit_job(state, who, "dataset", params, priority, idempotency_key, prompt_set=prompt_set)
     data["rejected_lines"] = rejected
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/datasets/{data['id']}"})
 
@@ -62,6 +66,9 @@ def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Prin
 def export_dataset(
     dataset_id: str,
     format: str = Query(default="longwriter", description="longwriter (messages), alpaca or sharegpt"),
+    state_length: bool | None = Query(
+        default=None, description="state the target length in the user turn when the instruction does not "
+                                  "(default: the dataset's `state_length`, true unless built with false)"),
     state: AppState = Depends(get_state),
     who: Principal = Depends(principal),
 ):
@@ -70,7 +77,9 @@ def export_dataset(
         raise HTTPException(422, f"format must be one of {', '.join(dataset_kind.FORMATS)}")
     job = _dataset_job(state, dataset_id, who)
     gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
-    records, _stats = _export(state, dataset_id, gates, format)
+    if state_length is None:
+        state_length = job["params"].get("state_length") is not False
+    records, _stats = _export(state, dataset_id, gates, format, state_length)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return StreamingResponse(
         lines, media_type="application/x-ndjson",
@@ -86,7 +95,7 @@ def dataset_stats(dataset_id: str, state: AppState = Depends(get_state), who: Pr
     return stats
 
 
-def _export(state: AppState, dataset_id: str, gates: ds.GateSettings, fmt: str):
+def _export(state: AppState, dataset_id: str, gates: ds.GateSettings, fmt: str, state_length: bool = True):
     with state.db.reading() as session:
         children = read_children(session, dataset_id)
-    return dataset_kind.build_export(children, gates, fmt)
+    return dataset_kind.build_export(children, gates, fmt, state_length)

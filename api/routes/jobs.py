@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+import prompts
 from agents import fingerprints
 from agents.kinds import InvalidParams, UnknownKind, all_kinds, get_kind, kind_names, validate_params
 from agents.status import FINISHED_STATUSES, JOB_STATUSES
@@ -27,11 +28,25 @@ class JobRequest(BaseModel):
     kind: str = Field(description=f"one of: {', '.join(kind_names())} (GET /v1/kinds lists them with their params)")
     params: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=5, ge=0, le=9, description="0 is served first, 9 last")
+    prompt_set: str | None = Field(
+        default=None, max_length=100,
+        description="a named prompt set installed on the server (PROMPT_SETS_DIR/NAME; GET /v1/prompts lists "
+                    "them): its files replace the bundled templates of the same name for this job and its children",
+    )
+
+
+def check_prompt_set(state: AppState, prompt_set: str | None) -> None:
+    """An unknown prompt set is refused at submit time (422), naming the installed ones."""
+    if prompt_set is not None:
+        try:
+            state.settings.prompt_overlay(prompt_set)
+        except prompts.UnknownPromptSet as exc:
+            raise HTTPException(422, str(exc)) from None
 
 
 def submit_job(
     state: AppState, who: Principal, kind: str, params: dict[str, Any], priority: int,
-    idempotency_key: str | None, parent_id: str | None = None,
+    idempotency_key: str | None, parent_id: str | None = None, prompt_set: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Validate, store and queue a job. Returns its JSON and whether it is new."""
     try:
@@ -40,6 +55,7 @@ def submit_job(
         raise HTTPException(400, str(exc)) from None
     except InvalidParams as exc:
         raise HTTPException(422, str(exc)) from None
+    check_prompt_set(state, prompt_set)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise HTTPException(400, "Idempotency-Key must be 1 to 200 characters")
     with state.db.session() as session:
@@ -47,7 +63,7 @@ def submit_job(
         try:
             job, created = repo.create_job(
                 session, kind, model.model_dump(mode="json"), owner=who.owner, priority=priority,
-                idempotency_key=idempotency_key, parent_id=parent_id,
+                idempotency_key=idempotency_key, parent_id=parent_id, prompt_set=prompt_set,
             )
         except repo.IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
@@ -81,7 +97,8 @@ def create(
     who: Principal = Depends(principal),
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
 ):
-    data, created = submit_job(state, who, body.kind, body.params, body.priority, idempotency_key)
+    data, created = submit_job(state, who, body.kind, body.params, body.priority, idempotency_key,
+                               prompt_set=body.prompt_set)
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{data['id']}"})
 
 
@@ -151,7 +168,7 @@ def retry(job_id: str, body: RetryRequest | None = None, state: AppState = Depen
         if job.status not in ("failed", "cancelled"):
             raise HTTPException(409, f"only failed or cancelled jobs can be retried; job {job_id} is {job.status}")
         if mode is None:
-            stale = _stale_steps(session, job)
+            stale = _stale_steps(session, job, state.settings)
             if stale:
                 raise HTTPException(409, {
                     "message": f"{fingerprints.describe(stale)}: retry with mode 'reuse' to keep them or 'fresh' "
@@ -165,14 +182,19 @@ def retry(job_id: str, body: RetryRequest | None = None, state: AppState = Depen
     return JSONResponse(body, status_code=202)
 
 
-def _stale_steps(session, job: Job) -> list[dict[str, Any]]:
-    """Stored steps whose templates or kind version changed (the worker also compares models)."""
+def _stale_steps(session, job: Job, settings) -> list[dict[str, Any]]:
+    """Stored steps whose templates (as the job's prompt overlay serves them now) or kind
+    version changed (the worker also compares models)."""
     try:
         version = get_kind(job.kind).version
     except Exception:  # the kind is gone: the worker will fail the job with the reason
         return []
+    try:
+        overlay = settings.prompt_overlay(job.prompt_set)
+    except prompts.UnknownPromptSet as exc:
+        raise HTTPException(409, f"job {job.id} cannot run again: {exc}") from None
     steps = [fingerprints.StoredStep(*row) for row in repo.stored_steps(session, job.id)]
-    return fingerprints.stale_steps(steps, version)
+    return fingerprints.stale_steps(steps, version, overlay=overlay)
 
 
 @router.get("/jobs/{job_id}/steps", response_model=StepList)
@@ -235,3 +257,35 @@ async def events(
 def kinds():
     """The job kinds: params and result JSON schemas, and how a result is shown."""
     return {"items": [kind.describe() for kind in all_kinds()]}
+
+
+@router.get("/prompts")
+def prompt_templates(
+    prompt_set: str | None = Query(default=None, max_length=100,
+                                   description="show the templates as this set serves them"),
+    state: AppState = Depends(get_state),
+    _who: Principal = Depends(principal),
+):
+    """The prompt sets a job may choose, and every template with where its text comes from
+    ("bundled", "PROMPTS_DIR" or "set:NAME") for a job without a set (or with `prompt_set`).
+    Overlay files that match no template are listed with note "unused". No server paths."""
+    settings = state.settings
+    check_prompt_set(state, prompt_set)
+    overlay = settings.prompt_overlay(prompt_set)
+
+    def public(problem: str) -> str:  # an error message names no directory of the server
+        layers = (overlay.layers if overlay is not None else ()) + ((prompts.BUNDLED, str(prompts.TEMPLATE_DIR)),)
+        for origin, directory in layers:
+            problem = problem.replace(directory, origin)
+        return problem
+
+    return {
+        "prompt_sets": prompts.prompt_sets(settings.prompt_sets_dir),
+        "prompts_dir": bool(settings.prompts_dir),
+        "prompt_set": prompt_set,
+        "items": [
+            {"name": e.name, "origin": e.origin, "bundled": e.bundled, "note": e.note or None,
+             "problem": public(e.problem) or None}
+            for e in prompts.listing(overlay)
+        ],
+    }
