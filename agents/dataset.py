@@ -7,10 +7,16 @@ spawns one `write` job per instruction and calls these.
   the good lines are kept.
 - `generate_instructions(ctx, seeds, count)`: new instructions from seed prompts, one
   checkpointed step per model call (`instructions/{k}`).
+- `assign_lengths(items, distribution, seed, max_target_words)`: the target of each
+  instruction and where it came from ("given", "parsed" from the text, or "drawn" from a
+  `LengthDistribution`, seeded); `length_target.with_stated_length(instruction, words)` adds the sentence
+  that states a drawn length ("(about 4,300 words)", "（约4300字）").
 - `Sample.from_write_job(status, params, result)`, then `apply_gates(samples, GateSettings())`
   -> (kept, counts per gate). Gates run in order and each sample is dropped by the first
-  one it fails: failed, truncated, repetitive, length, duplicate, near_duplicate.
-- `export_records(kept, "longwriter"|"alpaca"|"sharegpt")`, `dataset_stats(samples, kept, counts)`.
+  one it fails: failed, truncated, refusal, repetitive, length, duplicate, near_duplicate.
+- `export_records(kept, "longwriter"|"alpaca"|"sharegpt", state_length=True)`: the user turn
+  states the target length when the instruction does not (`state_length=False`: never, and
+  a sentence this module added is taken off again); `dataset_stats(samples, kept, counts)`.
 """
 from __future__ import annotations
 
@@ -23,16 +29,16 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from statistics import fmean, median
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.length_target import parse_target_words
+from agents.length_target import parse_target_words, with_stated_length, without_stated_length
 from agents.metrics.longbench_write import length_score
 from agents.text import count_words, detect_language
 
-GATES = ("failed", "truncated", "repetitive", "length", "duplicate", "near_duplicate")
+GATES = ("failed", "truncated", "refusal", "repetitive", "length", "duplicate", "near_duplicate")
 FORMATS = ("longwriter", "alpaca", "sharegpt")
 DEFAULT_MAX_TARGET_WORDS = 100_000
 # Length histogram edges (words / 字): LongWriter-6k outputs run from 2k to 32k.
@@ -88,6 +94,127 @@ def _instruction_from_row(row: Any, max_target_words: int) -> dict[str, Any]:
         if not 1 <= target <= max_target_words:
             raise ValueError(f"target_words must be between 1 and {max_target_words}, got {target}")
     return {"instruction": instruction.strip(), "target_words": target}
+
+
+# -- target lengths ------------------------------------------------------------------------------
+#
+# LongWriter-6k's answers run from 2k to 32k words, spread fairly evenly between 2k and 10k
+# with a tail to about 32k (spec §2); only 1,748 of its 6,000 prompts state a length. An
+# instruction that states none gets a length drawn from a distribution (default: that shape)
+# before its write job starts, and the instruction is rewritten to say it, so the training
+# pair teaches "asked for N, wrote N".
+
+LENGTH_SOURCES = ("given", "parsed", "drawn")
+LW6K_BODY = (2000, 10_000)  # uniform body of the default distribution, words
+LW6K_TAIL_MAX = 32_000  # the tail runs log-uniformly from the body's top to here
+LW6K_TAIL_SHARE = 0.1  # share of draws in the tail
+
+
+class LongWriter6kLengths(BaseModel):
+    """The default: like LongWriter-6k's answers. 90% uniform on 2,000-10,000 words, 10%
+    log-uniform on 10,000-32,000 (density falling as 1/x, so the tail thins out towards
+    32k); mean about 7,300, median about 6,400. Drawn lengths are rounded to 100."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["longwriter6k"] = "longwriter6k"
+
+    def bounds(self) -> tuple[int, int]:
+        return LW6K_BODY[0], LW6K_TAIL_MAX
+
+    def quantile(self, u: float) -> float:
+        body_share = 1.0 - LW6K_TAIL_SHARE
+        if u < body_share:
+            lo, hi = LW6K_BODY
+            return lo + (hi - lo) * u / body_share
+        tail_u = (u - body_share) / LW6K_TAIL_SHARE
+        return LW6K_BODY[1] * (LW6K_TAIL_MAX / LW6K_BODY[1]) ** tail_u
+
+
+class UniformLengths(BaseModel):
+    """Uniform between `min` and `max` words (inclusive), rounded like the default."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["uniform"]
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformLengths":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+    def bounds(self) -> tuple[int, int]:
+        return self.min, self.max
+
+    def quantile(self, u: float) -> float:
+        return self.min + (self.max - self.min) * u
+
+
+class FixedLengths(BaseModel):
+    """Every instruction without a length gets `words`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["fixed"]
+    words: int = Field(ge=1)
+
+    def bounds(self) -> tuple[int, int]:
+        return self.words, self.words
+
+    def quantile(self, u: float) -> float:
+        return float(self.words)
+
+
+LengthDistribution = Annotated[Union[LongWriter6kLengths, UniformLengths, FixedLengths], Field(discriminator="kind")]
+
+
+def _round_length(words: float) -> int:
+    """To 100 from 1,000 up, to 10 from 100 up: lengths a person would ask for."""
+    step = 100 if words >= 1000 else 10 if words >= 100 else 1
+    return int(round(words / step)) * step
+
+
+def draw_unit(seed: int, instruction: str, occurrence: int = 0) -> float:
+    """A number in [0, 1) fixed by (seed, instruction, occurrence): the same in every process,
+    Python version and platform, and independent of the item's position, so a rebuild (or a
+    longer file with the same instructions) draws the same lengths."""
+    key = f"{seed}\x1f{occurrence}\x1f{instruction}".encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+
+
+def draw_length(distribution: Any, u: float, max_target_words: int = DEFAULT_MAX_TARGET_WORDS) -> int:
+    """The length for unit draw `u`: the distribution's quantile, rounded, kept within the
+    distribution's bounds and at most `max_target_words`."""
+    lo, hi = distribution.bounds()
+    words = min(max(_round_length(distribution.quantile(u)), lo), hi)
+    return max(1, min(words, max_target_words))
+
+
+def assign_lengths(
+    items: list[dict[str, Any]],
+    distribution: Any = None,
+    seed: int = 0,
+    max_target_words: int = DEFAULT_MAX_TARGET_WORDS,
+) -> list[dict[str, Any]]:
+    """For each item ({"instruction", "target_words"?}), in order: {"target_words", "source"}.
+    source "given": the item's target_words; "parsed": the instruction states it (its number);
+    "drawn": neither, so drawn from `distribution` (default LongWriter6kLengths)."""
+    distribution = distribution or LongWriter6kLengths()
+    occurrences: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
+    for item in items:
+        instruction = item["instruction"]
+        stated = parse_target_words(instruction)
+        if item.get("target_words"):
+            out.append({"target_words": item["target_words"], "source": "given"})
+        elif stated:
+            out.append({"target_words": stated, "source": "parsed"})
+        else:
+            n = occurrences.get(instruction, 0)
+            occurrences[instruction] = n + 1
+            words = draw_length(distribution, draw_unit(seed, instruction, n), max_target_words)
+            out.append({"target_words": words, "source": "drawn"})
+    return out
 
 
 # -- instruction generation -----------------------------------------------------------------------
@@ -187,6 +314,81 @@ async def generate_instructions(
     return out
 
 
+# -- refusals ------------------------------------------------------------------------------------
+#
+# Some generated answers are refusals ("I'm sorry, but I can't help with that", "抱歉，我无法
+# 满足您的要求"); LongWriter-6k has a few. The detector is conservative: a refusal sentence must
+# START a sentence (not sit inside quoted dialogue) and pair an apology, an "As an AI" frame or
+# a flat "I cannot" with a verb of serving the request ("help", "fulfill", "write that", "撰写"),
+# so an apology letter ("I'm sorry, but I cannot attend...", "...provide the refund") or a
+# narrator ("I can't help thinking...") is not one. Strong forms count within the first
+# REFUSAL_HEAD_CHARS characters of any answer; in a short answer (REFUSAL_SHORT_WORDS or
+# fewer), which is then mostly refusal, the weaker forms count too, anywhere.
+
+REFUSAL_HEAD_CHARS = 300
+REFUSAL_SHORT_WORDS = 150
+
+_APOS = "['’]"
+# Where a sentence starts, with Markdown list/heading/emphasis marks allowed before it (a quote
+# mark is not, so dialogue never matches).
+_SENTENCE_START = r"(?:^|(?<=[.!?。！？:：…\n]))[ \t\r\n\u3000#>*_\-]*"
+_NEG = (rf"(?:can(?:not|{_APOS}t| not)|(?:am|{_APOS}m) (?:unable|not able) to|won{_APOS}t(?: be able to)?"
+        rf"|will not(?: be able to)?|(?:must|have to) (?:respectfully |politely )?decline(?: to)?"
+        rf"|(?:am|{_APOS}m) not (?:comfortable|in a position to)|(?:do not|don{_APOS}t) feel comfortable)")
+_I_NEG = rf"I\s*{_NEG}(?:\s+(?:really|currently|directly|fully|simply|ethically|in good conscience))?"
+# What a refused request's object looks like after a general verb ("write that", "provide a
+# 10,000-word essay"); "provide the refund" or "write anymore" is not one.
+_OBJECT = (r"(?:(?:that|this|it|such|these|those|you|your|any|content|assistance|help|information|material"
+           r"|responses?|more than|so many|over|with|on)\b|\d|an? (?:[\w'’,-]+\s+){0,4}?(?:essay|article|story|response"
+           r"|answer|text|piece|report|novel|paper|guide|book|post|script|poem|speech|content)s?\b"
+           r"|the (?:requested|full|entire|complete|whole)\b)")
+_SERVE = (rf"(?:(?:fulfil+|comply|assist|accommodate|oblige)\b|help\b(?!\s+\w+ing\b)"
+          rf"|(?:provide|write|create|generate|produce|compose|draft|complete|continue|do|support|answer|respond to)"
+          rf"(?:\s+{_OBJECT}|\s*[.!,;]|\s*$))")
+_APOLOGY = (r"(?:(?:I{0}m|I am)\s+(?:(?:really|very|so|truly|terribly|deeply|extremely)\s+)?sorry"
+            r"|sorry|apologies|my apologies|I apologi[sz]e|unfortunately|regrettably)").format(_APOS)
+_AS_AI = (r"As an?\s+(?:AI|artificial intelligence|(?:large )?language model|AI (?:language )?model|AI assistant"
+          r"|LLM|assistant)\b[^.!?\n]{0,40}?,?\s*")
+
+_EN_STRONG = re.compile(
+    _SENTENCE_START + rf"(?:{_APOLOGY}\s*[,.!]?\s*(?:but\s+)?(?:{_AS_AI})?|{_AS_AI}|(?=I\s*{_NEG}\s+(?:fulfil|comply|(?:assist|help)(?: you)? with (?:that|this|your))))"
+    + rf"{_I_NEG}\s+{_SERVE}",
+    re.I,
+)
+# Weak (short answers only): a flat "I can't write a story about that".
+_EN_WEAK = re.compile(_SENTENCE_START + rf"(?:{_APOLOGY}\s*[,.!]?\s*(?:but\s+)?)?{_I_NEG}\s+{_SERVE}", re.I)
+
+_ZH_NEG = r"(?:无法|不能|没办法|没有办法|不可以|不便|恕难)"
+_ZH_FOR = r"(?:为您|为你|帮您|帮你|给您|给你|向您|向你|替您|替你)"
+_ZH_SERVE_SPECIFIC = r"(?:满足|协助|帮助|帮忙|回答|生成|撰写|创作|编写|继续|答应|遵从)"
+_ZH_SERVE_GENERAL = r"(?:提供|完成|写|处理|执行|参与|做)"
+_ZH_OBJECT = r"(?:这|该|此|您|你|相关|上述|此类|这类|这样|任何|如此)"
+_ZH_SERVE = rf"(?:{_ZH_FOR}\S|{_ZH_SERVE_SPECIFIC}|{_ZH_SERVE_GENERAL}[^，。！？\n]{{0,2}}{_ZH_OBJECT})"
+_ZH_APOLOGY = r"(?:(?:很|非常|十分|真的很)?(?:抱歉|对不起|不好意思)|很遗憾|遗憾的是)"
+_ZH_AS_AI = r"作为(?:一个|一名)?(?:AI|人工智能|(?:AI|人工智能)?语言模型|(?:AI|人工智能)?(?:智能)?助手)[^。！？\n]{0,20}?"
+_ZH_STRONG = re.compile(
+    _SENTENCE_START + rf"(?:{_ZH_APOLOGY}[，,！!。\s]*(?:但(?:是)?[，,]?)?(?:{_ZH_AS_AI}[，,]?)?|{_ZH_AS_AI}[，,]?)"
+    + rf"我(?:目前|现在)?{_ZH_NEG}{_ZH_SERVE}",
+    re.I,
+)
+_ZH_WEAK = re.compile(_SENTENCE_START + rf"(?:{_ZH_APOLOGY}[，,！!。\s]*(?:但(?:是)?[，,]?)?)?我(?:目前|现在)?{_ZH_NEG}"
+                      rf"(?:{_ZH_FOR}|{_ZH_SERVE_SPECIFIC}|{_ZH_SERVE_GENERAL})")
+
+
+def is_refusal(text: str, word_count: int | None = None) -> bool:
+    """Whether an answer is a refusal (see above). `word_count` (count_words) saves a count."""
+    text = text.strip()
+    if not text:
+        return False
+    head = text[:REFUSAL_HEAD_CHARS]
+    if _EN_STRONG.search(head) or _ZH_STRONG.search(head):
+        return True
+    words = count_words(text) if word_count is None else word_count
+    if words <= REFUSAL_SHORT_WORDS:
+        return any(p.search(text) for p in (_EN_STRONG, _ZH_STRONG, _EN_WEAK, _ZH_WEAK))
+    return False
+
+
 # -- samples and gates -------------------------------------------------------------------------------
 
 
@@ -235,6 +437,10 @@ class GateSettings(BaseModel):
     """Quality gates applied before export, in the order of GATES.
 
     - truncated: drop samples where any model call ended at max_tokens.
+    - refusal: drop answers that are refusals ("I'm sorry, but I can't help with that",
+      "As an AI language model, I cannot...", "抱歉，我无法满足您的要求"): a refusal sentence
+      starting a sentence in the first 300 characters, or anywhere in an answer of at most
+      150 words. Quoted dialogue does not count (see `is_refusal`).
     - repetitive: drop when the share of repeated n-grams (occurrences beyond the first,
       over all n-grams; units are English words or CJK characters) exceeds the limit for
       4-grams or for 8-grams. CJK text uses 2n-character grams (a word is ~2 characters).
@@ -249,6 +455,7 @@ class GateSettings(BaseModel):
     """
 
     drop_truncated: bool = True
+    drop_refusals: bool = True
     max_repeated_4gram_share: float = Field(0.3, ge=0.0, le=1.0)
     max_repeated_8gram_share: float = Field(0.1, ge=0.0, le=1.0)
     length_tolerance: float | None = Field(0.2, ge=0.0)
@@ -337,6 +544,8 @@ def gate_failure(sample: Sample, settings: GateSettings) -> str | None:
         return "failed"
     if settings.drop_truncated and sample.truncated:
         return "truncated"
+    if settings.drop_refusals and is_refusal(sample.text, sample.word_count or None):
+        return "refusal"
     rep = sample.gate_features(settings.shingle_size).repetition
     if rep["4gram"] > settings.max_repeated_4gram_share or rep["8gram"] > settings.max_repeated_8gram_share:
         return "repetitive"
@@ -416,22 +625,38 @@ def apply_gates(samples: Iterable[Sample], settings: GateSettings | None = None)
 # -- export and stats -----------------------------------------------------------------------------
 
 
-def export_record(sample: Sample, fmt: str = "longwriter") -> dict[str, Any]:
+def user_turn(sample: Sample, state_length: bool = True) -> str:
+    """The instruction as the user turn. state_length: when it states no length, the target
+    the answer was written to is added (with_stated_length); otherwise it is left alone.
+    state_length=False: never stated; a length sentence with_stated_length added at build
+    time (to an instruction that had none) is taken off again."""
+    if not sample.target_words:
+        return sample.instruction
+    if not state_length:
+        return without_stated_length(sample.instruction, sample.target_words)
+    if parse_target_words(sample.instruction):
+        return sample.instruction
+    return with_stated_length(sample.instruction, sample.target_words)
+
+
+def export_record(sample: Sample, fmt: str = "longwriter", *, state_length: bool = True) -> dict[str, Any]:
     """One training record. longwriter: {"messages": [user, assistant]} (LongWriter-6k);
-    alpaca: {"instruction", "input", "output"}; sharegpt: {"conversations": [human, gpt]}."""
+    alpaca: {"instruction", "input", "output"}; sharegpt: {"conversations": [human, gpt]}.
+    The user turn is `user_turn(sample, state_length)`."""
+    instruction = user_turn(sample, state_length)
     if fmt == "longwriter":
-        return {"messages": [{"role": "user", "content": sample.instruction},
+        return {"messages": [{"role": "user", "content": instruction},
                              {"role": "assistant", "content": sample.text}]}
     if fmt == "alpaca":
-        return {"instruction": sample.instruction, "input": "", "output": sample.text}
+        return {"instruction": instruction, "input": "", "output": sample.text}
     if fmt == "sharegpt":
-        return {"conversations": [{"from": "human", "value": sample.instruction},
+        return {"conversations": [{"from": "human", "value": instruction},
                                   {"from": "gpt", "value": sample.text}]}
     raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def export_records(samples: Iterable[Sample], fmt: str = "longwriter") -> list[dict[str, Any]]:
-    return [export_record(s, fmt) for s in samples]
+def export_records(samples: Iterable[Sample], fmt: str = "longwriter", *, state_length: bool = True) -> list[dict[str, Any]]:
+    return [export_record(s, fmt, state_length=state_length) for s in samples]
 
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:

@@ -1,8 +1,10 @@
 """Job kind `dataset`: batch-build an SFT dataset, one child `write` job per instruction.
 
 The parent job resolves its instructions (given, from a JSONL, or generated from seed
-prompts), spawns the children (idempotently, so a resumed parent never doubles them),
-follows them with progress, then applies the quality gates and writes the export files.
+prompts), gives every instruction a target length (its own `target_words`, the length its
+text states, or else one drawn from `length_distribution` with `seed`, the instruction then
+rewritten to state it), spawns the children (idempotently, so a resumed parent never doubles
+them), follows them with progress, then applies the quality gates and writes the export files.
 The export can also be built at any time from whatever children have finished
 (`build_export`, used by the API), so a cancelled build keeps what it made.
 
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import dataset as ds
 from agents.context import ChildJob, JobContext
 from agents.kinds import JobKind, ResultView
+from agents.length_target import with_stated_length
 
 FORMATS = ds.FORMATS
 
@@ -39,6 +42,13 @@ class DatasetParams(BaseModel):
     gates: ds.GateSettings = Field(default_factory=ds.GateSettings)
     formats: list[Literal["longwriter", "alpaca", "sharegpt"]] = Field(default_factory=lambda: ["longwriter"])
     child_priority: int = Field(default=7, ge=0, le=9)
+    length_distribution: ds.LengthDistribution = Field(
+        default_factory=ds.LongWriter6kLengths,
+        description='target of an instruction that states none: {"kind": "longwriter6k"} (90% uniform 2,000-10,000 '
+                    'words, 10% log-uniform 10,000-32,000), {"kind": "uniform", "min": N, "max": M} or {"kind": "fixed", "words": N}',
+    )
+    seed: int = Field(default=0, description="seed of the drawn lengths: the same seed draws the same lengths")
+    state_length: bool = Field(default=True, description="exports state the target length in the user turn when the instruction does not")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetParams":
@@ -50,6 +60,15 @@ class DatasetParams(BaseModel):
         if self.items is not None and not self.items:
             raise ValueError("items is empty")
         return self
+
+    @field_validator("length_distribution")
+    @classmethod
+    def _within_max_target(cls, distribution: Any, info: ValidationInfo) -> Any:
+        cap = (info.context or {}).get("max_target_words")
+        high = distribution.bounds()[1]
+        if cap and distribution.kind != "longwriter6k" and high > cap:  # the default is capped when drawn
+            raise ValueError(f"length_distribution goes up to {high} words; this service's max_target_words is {cap}")
+        return distribution
 
     @field_validator("write")
     @classmethod
@@ -66,6 +85,12 @@ class RejectedLine(BaseModel):
     error: str
 
 
+class ItemLength(BaseModel):
+    target_words: int = Field(description="the length the write job was given")
+    source: Literal["given", "parsed", "drawn"] = Field(
+        description="given: the item's target_words; parsed: stated in the instruction; drawn: from length_distribution")
+
+
 class DatasetResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +99,8 @@ class DatasetResult(BaseModel):
     kept: int | None = Field(description="items that passed every gate")
     items: int | None = Field(description="child write jobs")
     rejected_lines: list[RejectedLine] = Field(default_factory=list, description="input lines that were not instructions")
+    lengths: list[ItemLength] = Field(default_factory=list, description="each item's target length and its source, in item order")
+    length_sources: dict[str, int] = Field(default_factory=dict, description="items by length source: given, parsed, drawn")
 
 
 async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
@@ -92,11 +119,15 @@ async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
     if not items:
         raise ValueError(f"no usable instructions ({len(resolved['rejected_lines'])} lines rejected)")
 
+    async def assign_lengths() -> list[dict[str, Any]]:
+        given = params.write.get("target_words")  # one target for every item
+        targets = [{**item, "target_words": given} for item in items] if given else items
+        return ds.assign_lengths(targets, params.length_distribution, params.seed, ctx.settings.max_target_words)
+
+    lengths = await ctx.step("lengths", assign_lengths)
+
     async def spawn() -> list[str]:
-        children = [
-            {"instruction": item["instruction"], "target_words": item.get("target_words"), **params.write}
-            for item in items
-        ]
+        children = [child_params(item, length, params.write) for item, length in zip(items, lengths)]
         return await ctx.spawn_children("write", children, params.child_priority)
 
     await ctx.step("spawn", spawn)
@@ -111,7 +142,17 @@ async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
     await ctx.wait_children(on_finished=measure_finished)
     children = await ctx.children()
     export = await asyncio.to_thread(write_export, children, params, ctx.data_dir / "datasets" / ctx.job_id, measured)
-    return DatasetResult(**export, rejected_lines=resolved["rejected_lines"])
+    sources = {source: sum(1 for x in lengths if x["source"] == source) for source in ds.LENGTH_SOURCES}
+    return DatasetResult(**export, rejected_lines=resolved["rejected_lines"], lengths=lengths, length_sources=sources)
+
+
+def child_params(item: dict[str, Any], length: dict[str, Any], write: dict[str, Any]) -> dict[str, Any]:
+    """A write job's params. A drawn length is stated in the instruction and given as
+    target_words; otherwise the item's target_words (None: the write job parses the text)."""
+    if length["source"] == "drawn":
+        instruction = with_stated_length(item["instruction"], length["target_words"])
+        return {**write, "instruction": instruction, "target_words": length["target_words"]}
+    return {"instruction": item["instruction"], "target_words": item.get("target_words"), **write}
 
 
 class MeasuredChildren:
@@ -148,9 +189,12 @@ def gate_children(children: list[ChildJob], gates: ds.GateSettings,
     return kept, ds.dataset_stats(samples, kept, gate_counts)
 
 
-def build_export(children: list[ChildJob], gates: ds.GateSettings, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def build_export(children: list[ChildJob], gates: ds.GateSettings, fmt: str,
+                 state_length: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records of the children that pass the gates, and the stats. `state_length` is the
+    export's switch (a recipe whose signal is elsewhere, e.g. a length token, passes False)."""
     kept, stats = gate_children(children, gates)
-    return ds.export_records(kept, fmt), stats
+    return ds.export_records(kept, fmt, state_length=state_length), stats
 
 
 def write_export(children: list[ChildJob], params: DatasetParams, out_dir: Path,
@@ -162,7 +206,8 @@ def write_export(children: list[ChildJob], params: DatasetParams, out_dir: Path,
     for fmt in params.formats:
         path = out_dir / f"{fmt}.jsonl"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ds.export_records(kept, fmt)), encoding="utf-8")
+        records = ds.export_records(kept, fmt, state_length=params.state_length)
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         tmp.replace(path)  # readers never see a half-written file
         files[fmt] = str(path)
     stats_path = out_dir / "stats.json"
@@ -177,5 +222,6 @@ KIND = JobKind(
     params=DatasetParams,
     result=DatasetResult,
     run=run,
+    version=2,  # 2: target lengths (the `lengths` step; drawn lengths stated in the instruction)
     view=ResultView(),
 )

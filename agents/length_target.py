@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agents.text import detect_language
+
 WORDS_PER_PAGE = 200  # LongBench-Write annotates "a 50-page novel" as 10,000 words
 MIN_SPELLED_OUT = 50  # spelled-out numbers below this next to 字/word are idioms ("十字", "a word")
 
@@ -226,3 +228,34 @@ def parse_target_words(text: str) -> int | None:
     """The length the instruction asks for (words / 字), or None when it states none."""
     mentions = find_length_mentions(text)
     return mentions[-1].words if mentions else None
+
+
+def length_sentence(words: int, language: str) -> str:
+    """The words that state a length: "(about 4,300 words)", "（约4300字）"."""
+    if language == "zh":
+        return f"（约{words}字）"
+    return f"(about {words:,} words)"
+
+
+def with_stated_length(instruction: str, words: int, language: str | None = None) -> str:
+    """`instruction` with its length stated at the end, in its own language (detected when not
+    given). The result always reads back as `words` with parse_target_words: when the
+    sentence on the same line would be misread (e.g. "...each of the five chapters (about
+    3,000 words)" reads as five times 3,000), it goes on a line of its own."""
+    instruction = instruction.rstrip()
+    language = language or detect_language(instruction)
+    sentence = length_sentence(words, language)
+    same_line = f"{instruction}{'' if language == 'zh' else ' '}{sentence}"
+    if parse_target_words(same_line) == words:
+        return same_line
+    return f"{instruction}\n\n{sentence}"
+
+
+def without_stated_length(instruction: str, words: int | None) -> str:
+    """`instruction` without a length sentence that with_stated_length added at its end."""
+    if words:
+        for language in ("en", "zh"):
+            sentence = length_sentence(words, language)
+            if instruction.endswith(sentence) and instruction[:-len(sentence)].strip():
+                return instruction[:-len(sentence)].rstrip()
+    return instruction

@@ -90,7 +90,8 @@ def test_gates_in_order_with_counts():
     ]
     kept, counts = apply_gates(samples, GateSettings())
     assert list(counts) == list(GATES)
-    assert counts == {"failed": 4, "truncated": 1, "repetitive": 1, "length": 1, "duplicate": 1, "near_duplicate": 1}
+    assert counts == {"failed": 4, "truncated": 1, "refusal": 0, "repetitive": 1, "length": 1, "duplicate": 1,
+                      "near_duplicate": 1}
     assert [samples.index(s) for s in kept] == [0, 8, 11]
     assert samples[7].dropped_by == "near_duplicate" and samples[10].dropped_by == "failed"
     # Gates can be relaxed.
@@ -124,10 +125,10 @@ def test_sample_from_write_job():
 
 def test_exports_and_stats():
     kept = [_sample("第一篇。" * 300, instruction="写一篇文章"), _sample(_text(9, 2500), instruction="Write about rivers")]
-    lw = export_records(kept, "longwriter")
+    lw = export_records(kept, "longwriter", state_length=False)  # stated lengths: tests/test_dataset_lengths.py
     assert lw[0] == {"messages": [{"role": "user", "content": "写一篇文章"}, {"role": "assistant", "content": "第一篇。" * 300}]}
-    assert export_records(kept, "alpaca")[1] == {"instruction": "Write about rivers", "input": "", "output": kept[1].text}
-    assert export_records(kept, "sharegpt")[1]["conversations"][0] == {"from": "human", "value": "Write about rivers"}
+    assert export_records(kept, "alpaca", state_length=False)[1] == {"instruction": "Write about rivers", "input": "", "output": kept[1].text}
+    assert export_records(kept, "sharegpt", state_length=False)[1]["conversations"][0] == {"from": "human", "value": "Write about rivers"}
     with pytest.raises(ValueError, match="unknown export format"):
         export_records(kept, "csv")
     lines = to_jsonl(lw).splitlines()
