@@ -27,12 +27,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from agents import agentwrite_paper as paper
 from agents.context import JobContext
 from agents.kinds import JobKind, ResultView, Score
-from agents.length_target import parse_target_words
+from agents.length_target import parse_target_words, with_stated_length
 from agents.llm.tokens import count_message_tokens, output_room
 from agents.llm.types import GenOptions, LLMBadRequest, LLMError, StructuredOutputError
-from agents.metrics.longbench_write import QUALITY_DIMENSIONS, judge_quality, length_score, overall_score
+from agents.metrics.longbench_write import (
+    JUDGE_TEMPLATE,
+    QUALITY_DIMENSIONS,
+    judge_quality,
+    length_score,
+    overall_score,
+)
+from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.text import count_words, detect_language
 
 DEFAULT_TARGET_WORDS = 1000  # when neither the params nor the instruction give a length
@@ -41,6 +49,8 @@ SHORT_TARGET_WORDS = 600  # at or below: one section, no plan call
 MAX_SECTIONS = 50  # the reference implementation skips plans longer than this
 SECTION_MIN_WORDS, SECTION_MAX_WORDS = 200, 1000  # the paper's range for long pieces
 SUGGESTED_SECTION_WORDS = 500
+TEMPERATURE = 0.7  # the controlled protocol's default (the paper's AgentWrite runs at 1.0)
+TOP_P = 1.0
 
 CONTINUE_BELOW = 0.9  # a section under 90% of its budget is continued
 TRIM_ABOVE = 1.5  # a section over 150% of its budget is trimmed at a paragraph boundary
@@ -110,10 +120,12 @@ class WriteParams(BaseModel):
     target_words: int | None = None
     language: Literal["auto", "en", "zh"] = "auto"
     method: Literal["agentwrite", "single"] = "agentwrite"
+    protocol: Protocol = Field("controlled", description=PROTOCOL_FIELD_DESCRIPTION)
     plan_model: str | None = None  # default: write_model, then the configured model
     write_model: str | None = None
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Sampling defaults depend on the protocol: controlled 0.7; paper 1.0 (AgentWrite) or 0.5 (single).
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens_per_call: int | None = Field(None, ge=MIN_OUTPUT_TOKENS)
     seed: int | None = None
     judge: bool = True  # score quality when a judge model is configured
@@ -336,8 +348,8 @@ async def make_plan(ctx: JobContext, params: WriteParams, target: int, language:
 def _options(params: WriteParams, model: str | None, max_tokens: int, priority: int | None = None) -> GenOptions:
     return GenOptions(
         max_tokens=max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
+        temperature=TEMPERATURE if params.temperature is None else params.temperature,
+        top_p=TOP_P if params.top_p is None else params.top_p,
         seed=params.seed,
         model=model,
         priority=priority,
@@ -596,11 +608,26 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
     target, target_source = resolve_target(params, max_target)
     language = resolve_language(params.instruction, params.language)
 
-    if params.method == "single":
-        plan: list[dict[str, Any]] = []
+    if params.protocol == "paper":
+        # The paper states a length only in the instruction: a given target the instruction
+        # does not state is added to it as a sentence (and recorded as a difference).
+        instruction = params.instruction
+        stated = target_source == "given" and parse_target_words(instruction) is None
+        if stated:
+            instruction = with_stated_length(instruction, target, language)
         repairs: list[str] = []
+        if params.method == "single":
+            plan: list[dict[str, Any]] = []
+            outputs = [await paper.write_single(ctx, params, instruction)]
+        else:
+            plan, outputs = await paper.write(ctx, params, instruction)
+        differs = paper.differences(params, stated)
+    elif params.method == "single":
+        plan = []
+        repairs = []
         outputs = [await write_single(ctx, params, target, language)]
         await ctx.progress(outputs[0]["words"], target, section=1, sections=1)
+        differs = controlled_differences(params, target)
     else:
         planned = await make_plan(ctx, params, target, language)
         plan, repairs = planned["sections"], planned["repairs"]
@@ -614,6 +641,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
             outputs.append(output)
             written += output["words"]
             await ctx.progress(written, target, section=i, sections=len(plan))
+        differs = controlled_differences(params, target)
 
     text = "\n\n".join(o["text"] for o in outputs)
     word_count = count_words(text)
@@ -645,7 +673,46 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         "truncated": any(o["truncated"] for o in outputs),
         "sections": [{k: v for k, v in o.items() if k not in ("text", "tokens")} for o in outputs],
         "scores": scores,
+        "protocol": protocol_record(ctx, params.protocol, differs, templates_used(params, language, plan, scores)),
     }
+
+
+def templates_used(params: WriteParams, language: str, plan: list[dict[str, Any]], scores: dict[str, Any]) -> list[str]:
+    """The templates a run rendered (replayed steps render nothing, so this is worked out)."""
+    if params.protocol == "paper":
+        used = [] if params.method == "single" else [paper.PLAN_TEMPLATE, paper.WRITE_TEMPLATE]
+    elif params.method == "single":
+        used = [TEMPLATES[language]["single"]]
+    else:
+        used = ([TEMPLATES[language]["plan"]] if len(plan) > 1 else []) + [TEMPLATES[language]["section"]]
+    if scores["quality_status"] in ("scored", "missing"):
+        used.append(JUDGE_TEMPLATE)
+    return used
+
+
+def controlled_differences(params: WriteParams, target: int) -> list[str]:
+    """How a controlled run differs from the published method (see agentwrite_paper)."""
+    temperature = TEMPERATURE if params.temperature is None else params.temperature
+    if params.method == "single":
+        out = ["prompt: states the target length (paper: the instruction alone)"]
+        if temperature != paper.SINGLE_TEMPERATURE:
+            out.append(f"temperature: {temperature} (paper: {paper.SINGLE_TEMPERATURE})")
+        return out
+    bounds = plan_bounds(target)
+    out = []
+    if bounds.max_sections == 1:
+        out.append(f"plan: none for targets of at most {SHORT_TARGET_WORDS} words, one section (paper: always a plan)")
+    else:
+        out.append("plan: JSON sections repaired in code so budgets add up to the target (paper: free-text lines, unchecked)")
+        if (bounds.section_min, bounds.section_max) != (SECTION_MIN_WORDS, SECTION_MAX_WORDS):
+            out.append(f"section length: {bounds.section_min}-{bounds.section_max} words "
+                       f"(paper: {SECTION_MIN_WORDS}-{SECTION_MAX_WORDS})")
+        out.append("text so far: the most recent sections that fit the context (paper: all of it)")
+    out.append(f"length control: sections under {CONTINUE_BELOW:.0%} of budget continued, over "
+               f"{TRIM_ABOVE:.0%} trimmed (paper: one call per section, kept as written)")
+    if temperature != paper.TEMPERATURE:
+        out.append(f"temperature: {temperature} (paper: {paper.TEMPERATURE})")
+    return out
 
 
 # -- the result ------------------------------------------------------------------------------------
@@ -711,6 +778,7 @@ class WriteResult(BaseModel):
     truncated: bool = Field(description="some section ended cut off at max_tokens")
     sections: list[WrittenSection]
     scores: WriteScores
+    protocol: ProtocolRecord
 
 
 def result_scores(result: WriteResult) -> list[Score]:
@@ -726,7 +794,7 @@ KIND = JobKind(
     params=WriteParams,
     result=WriteResult,
     run=run,
-    version=1,
+    version=2,
     view=ResultView(text="text", plan="plan"),
     scores=result_scores,
 )

@@ -17,6 +17,15 @@ sentence is marked unparseable; in a batch the valid verdicts are kept and only 
 are asked again.
 Sentences come from agents.sentences (pysbd; the paper used NLTK punkt, so counts can
 differ slightly).
+
+`protocol: "paper"` runs v1 as the reference package does: its prompt file
+`get_annotations.txt` filled with (summary, sentence), a two-line text reply checked by its
+rules (`parse_verdict_reference`), max_tokens 100 at temperature 0 on every ask, verdicts
+kept per distinct sentence text (a repeated sentence counts once, its last verdict wins),
+and every distinct sentence in the denominator. The reference asks again without end; here
+the asks stay bounded, and a sentence whose verdict never parsed counts as not confusing
+(recorded as a difference). The controlled protocol (the default) leaves unparsed sentences
+out of the denominator instead, and reports them.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from agents.context import JobContext
 from agents.kinds import JobKind, ResultView, Score
 from agents.llm.structured import chat_json, json_candidates
 from agents.llm.types import GenOptions, LLMClient, LLMResult, StructuredOutputError
+from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.sentences import split_sentences
 
 LABELS = (
@@ -50,6 +60,8 @@ JUDGE_ATTEMPTS = 3  # asks per sentence (or per missing part of a batch) before 
 STRUCTURED_ATTEMPTS = 2  # chat_json's own schema repairs within one ask
 SENTENCE_MAX_TOKENS = 400
 BATCH_ITEM_MAX_TOKENS = 250
+PAPER_TEMPLATE = "get_annotations.txt"  # the reference's prompt file name
+PAPER_MAX_TOKENS = 100
 
 _QUESTIONS_LINE = re.compile(r"^[ \t>*_#-]*questions?[ \t*_]*:[ \t*_]*(.*)$", re.I | re.M)
 _TYPES_LINE = re.compile(r"^[ \t>*_#-]*types?[ \t*_]*:[ \t*_]*(.*)$", re.I | re.M)
@@ -127,6 +139,30 @@ def parse_verdict_text(text: str) -> Verdict:
     if q_none:
         return Verdict()
     return _verdict(_split_questions(questions_text), re.split(r"[,;]", types_text))
+
+
+def parse_verdict_reference(text: str) -> Verdict:
+    """The reference package's check of a two-line reply: of the lines holding "Questions: "
+    or "Types: ", the first must hold "Questions: " and the second "Types: "; "no confusion"
+    in the questions needs it in the types too; types are split on ", " and each must be one
+    of the eight labels. Raises VerdictError."""
+    lines = [line for line in text.split("\n") if "Questions: " in line or "Types: " in line]
+    if len(text.split("\n")) < 2 or len(lines) < 2:
+        raise VerdictError("expected a 'Questions: ' line and a 'Types: ' line")
+    q_pos, t_pos = lines[0].find("Questions: "), lines[1].find("Types: ")
+    if q_pos == -1 or t_pos == -1:
+        raise VerdictError("expected 'Questions: ' then 'Types: '")
+    questions = lines[0][q_pos + len("Questions: "):].strip()
+    types = lines[1][t_pos + len("Types: "):].strip().lower()
+    if NO_CONFUSION in questions:
+        if NO_CONFUSION not in types:
+            raise VerdictError("'no confusion' in the questions but not in the types")
+        return Verdict()
+    labels = types.split(", ")
+    unknown = [t for t in labels if t not in LABELS]
+    if unknown:
+        raise VerdictError(f"unknown error type {unknown[0]!r}")
+    return Verdict([questions] if questions else [], list(dict.fromkeys(labels)))
 
 
 def _as_list(value: Any, what: str, split_text) -> list[str]:
@@ -269,10 +305,14 @@ class BooookScoreParams(BaseModel):
     document_id: str | None = None  # an uploaded document holding the summary
     mode: Literal["per_sentence", "batched"] = "per_sentence"
     batch_size: int = Field(10, ge=1, le=50)
-    output: Literal["json", "text"] = "json"
+    # The judge's reply format; default: "json" (controlled), "text" (paper, the reference's two lines).
+    output: Literal["json", "text"] | None = None
+    protocol: Protocol = Field("controlled", description=PROTOCOL_FIELD_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_source(self) -> "BooookScoreParams":
+        if self.protocol == "paper" and self.mode != "per_sentence":
+            raise ValueError("protocol paper is BooookScore v1, the paper's method: use mode per_sentence")
         sources = [s for s in (self.summary, self.job_id, self.document_id) if s is not None]
         if len(sources) != 1:
             raise ValueError("give exactly one of summary, job_id, document_id")
@@ -298,9 +338,12 @@ class BooookScoreOutcome(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    score: float | None = Field(description="1 - flagged / scored; null when no verdict parsed")
+    score: float | None = Field(
+        description="1 - flagged / scored (controlled) or 1 - flagged / distinct sentences (paper); null when "
+        "no verdict parsed"
+    )
     mode: Literal["per_sentence", "batched"]
-    comparable_to: str = Field(description="which published BooookScore numbers this one compares with")
+    comparable_to: str = Field(description="which published BooookScore numbers this one can be compared with, if any")
     output: Literal["json", "text"] = Field(description="the judge's reply format")
     sentences: int = Field(description="sentences in the summary")
     scored: int = Field(description="sentences with a parsed verdict")
@@ -311,6 +354,7 @@ class BooookScoreOutcome(BaseModel):
     judge_model: str
     calls: int = Field(description="judge calls, retries included")
     splitter: str = Field(description="the sentence splitter")
+    protocol: ProtocolRecord
 
 
 class BooookScoreSkipped(BaseModel):
@@ -342,7 +386,9 @@ async def run(ctx: JobContext, params: BooookScoreParams | dict[str, Any]) -> di
         source = f"job {params.job_id}"
     else:
         summary, source = await ctx.load_document(params.document_id), f"document {params.document_id}"
-    result = await score_summary(ctx, summary, mode=params.mode, batch_size=params.batch_size, output=params.output)
+    result = await score_summary(
+        ctx, summary, mode=params.mode, batch_size=params.batch_size, output=params.output, protocol=params.protocol
+    )
     result["source"] = source
     return result
 
@@ -352,10 +398,15 @@ async def score_summary(
     summary: str,
     mode: str = "per_sentence",
     batch_size: int = 10,
-    output: str = "json",
+    output: str | None = None,
     key_prefix: str = "",
+    protocol: Protocol = "controlled",
 ) -> dict[str, Any]:
     """Judge every sentence of `summary` and compute BooookScore (see the module doc)."""
+    paper = protocol == "paper"
+    if paper and mode != "per_sentence":
+        raise ValueError("protocol paper is BooookScore v1: one judge call per sentence")
+    output = output or ("text" if paper else "json")
     judge, judge_role = (ctx.judge, "judge") if ctx.judge is not None else (ctx.llm, "llm")
     sentences = split_sentences(summary)
     if not sentences:
@@ -374,8 +425,9 @@ async def score_summary(
         total = len(sentences)
 
         async def one(i: int) -> dict[str, Any]:
+            judge_one = _judge_sentence_paper if paper else _judge_sentence
             out = await ctx.step(
-                f"{key_prefix}judge/{i}", lambda: _judge_sentence(ctx, judge, summary, sentences[i], output, i)
+                f"{key_prefix}judge/{i}", lambda: judge_one(ctx, judge, summary, sentences[i], output, i)
             )
             await progress()
             return out
@@ -413,11 +465,21 @@ async def score_summary(
         if v["types"]
     ]
     scored = len(verdicts)
+    if paper:
+        # The reference keeps one verdict per distinct sentence text (the last one asked) and
+        # divides by the distinct sentences; a verdict that never parsed counts as no confusion.
+        last = {sentences[i]: i for i in range(len(sentences))}
+        flagged = [f for f in flagged if last[f["sentence"]] == f["index"]]
+        score: float | None = 1 - len(flagged) / len(last)
+    else:
+        score = (1 - len(flagged) / scored) if scored else None
     type_counts = Counter(t for f in flagged for t in f["types"])
+    template = PAPER_TEMPLATE if paper else "booookscore/sentence.j2" if mode == "per_sentence" else "booookscore/batch.j2"
+    record = protocol_record(ctx, protocol, _differences(paper, mode, output, bool(unparseable)), [template])
     return {
-        "score": (1 - len(flagged) / scored) if scored else None,
+        "score": score,
         "mode": mode,
-        "comparable_to": "BooookScore v1 (paper)" if mode == "per_sentence" else "BooookScore v2 batched (not comparable with v1)",
+        "comparable_to": _comparable_to(mode, record),
         "output": output,
         "sentences": len(sentences),
         "scored": scored,
@@ -428,7 +490,35 @@ async def score_summary(
         "judge_model": judge.model_name,
         "calls": calls,
         "splitter": "pysbd",
+        "protocol": record,
     }
+
+
+def _differences(paper: bool, mode: str, output: str, any_unparsed: bool) -> list[str]:
+    out = ["sentences: split by pysbd (paper: NLTK punkt)"]
+    if paper:
+        out.append(f"re-asks: at most {JUDGE_ATTEMPTS} per sentence (paper: until the reply parses)")
+        if any_unparsed:
+            out.append("sentences whose verdict never parsed: counted as not confusing (paper: asked until parsed)")
+        if output != "text":
+            out.append("reply: JSON (paper: two text lines)")
+        return out
+    out.append("denominator: sentences with a parsed verdict, each occurrence (paper: every distinct sentence)")
+    out.append(f"re-asks: up to {JUDGE_ATTEMPTS}, sampling after the first (paper: temperature 0 until parsed)")
+    if mode == "batched":
+        out.append("mode: batched, v2 (paper: one call per sentence, v1)")
+    if output == "json":
+        out.append("reply: schema-constrained JSON (paper: two text lines)")
+    return out
+
+
+def _comparable_to(mode: str, record: dict[str, Any]) -> str:
+    if record["comparable_to_paper"]:
+        return "BooookScore v1 (the paper's method and prompt)"
+    if mode == "batched":
+        return "none: v2 batched judging is not comparable with v1, the paper's (it ran 1-10 points higher)"
+    why = "Longform's own judge prompt" if "bundled" in record["prompts"].values() else "its settings differ"
+    return f"none: v1 per-sentence judging, but {why}; compare only with runs of the same protocol and prompts"
 
 
 class _CallCounter:
@@ -509,6 +599,26 @@ async def _judge_sentence(
     return {"verdict": None, "problems": problems, "calls": client.calls, "attempts": JUDGE_ATTEMPTS}
 
 
+async def _judge_sentence_paper(
+    ctx: JobContext, judge: LLMClient, summary: str, sentence: str, output: str, index: int
+) -> dict[str, Any]:
+    """The reference's v1 ask: its prompt file, max_tokens 100, temperature 0 every time."""
+    client = _CallCounter(judge)
+    prompt = ctx.render_text(PAPER_TEMPLATE, lambda t: t.format(summary, sentence))
+    problems: list[str] = []
+    for attempt in range(JUDGE_ATTEMPTS):
+        result = await client.chat([{"role": "user", "content": prompt}],
+                                   GenOptions(max_tokens=PAPER_MAX_TOKENS, temperature=0.0))
+        try:
+            verdict = parse_verdict_reference(result.text) if output == "text" else verdict_from_json(
+                json.loads(result.text))
+        except (VerdictError, ValueError) as exc:
+            problems.append(str(exc)[:300])
+            continue
+        return {"verdict": verdict.to_json(), "calls": client.calls, "attempts": attempt + 1}
+    return {"verdict": None, "problems": problems, "calls": client.calls, "attempts": JUDGE_ATTEMPTS}
+
+
 async def _judge_batch(
     ctx: JobContext, judge: LLMClient, sentences: list[str], indices: list[int], output: str, j: int
 ) -> dict[str, Any]:
@@ -544,7 +654,7 @@ KIND = JobKind(
     params=BooookScoreParams,
     result=BooookScoreResult,
     run=run,
-    version=1,
+    version=2,
     view=ResultView(flagged="flagged"),
     scores=outcome_scores,
 )

@@ -2,10 +2,16 @@
 
 The CLI (`longform eval longbench-write`) calls, in order:
     items = load_prompt_set(path)                      # {"prompt", "type", "length"} per line
-    report = await run_prompt_set(items, run_item, methods=("agentwrite", "single"))
+    report = await run_prompt_set(items, run_item, methods=("agentwrite", "single"),
+                                  protocols=("controlled", "paper"))
     print(render_table(report)); write_plot(report, "eval.png"); print(summary_line(report))
-where `run_item(item, method)` runs one write job (through the job system or directly) and
-returns its result dict (`agents.agentwrite.run`'s shape: "word_count" and "scores").
+where `run_item(item, method, protocol)` runs one write job (through the job system or
+directly) and returns its result dict (`agents.agentwrite.run`'s shape: "word_count" and
+"scores"). Each (method, protocol) pair is an arm of the report, labelled "method/protocol".
+
+The model gets only what the benchmark gives: the prompt text, whose length the job reads
+from the text as for any request. `given_length` (the CLI's --given-length) passes the
+annotated length as `target_words` instead.
 
 Scoring rules: S_l per item from the job's word count against the item's annotated
 `length` (not the length parsed from the prompt); a failed item counts S_l = 0 (nothing
@@ -41,6 +47,8 @@ LENGTH_BINS: tuple[tuple[str, int, float], ...] = (
     ("[4k,20k]", 4000, math.inf),
 )
 DEFAULT_METHODS = ("agentwrite", "single")
+PROTOCOLS = ("controlled", "paper")
+DEFAULT_PROTOCOLS = ("controlled",)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,28 @@ def length_bin(length: int) -> str:
     return LENGTH_BINS[-1][0]
 
 
-def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any]) -> dict[str, Any]:
+def select_items(items: list[EvalItem], bins: Iterable[str] = (), per_bin: int | None = None) -> list[EvalItem]:
+    """The items in `bins` (all when none is named), at most `per_bin` of each bin, in order."""
+    names = [b[0] for b in LENGTH_BINS]
+    wanted = list(bins) or names
+    unknown = [b for b in wanted if b not in names]
+    if unknown:
+        raise ValueError(f"unknown length bin {unknown[0]!r}; the bins are {', '.join(names)}")
+    taken: dict[str, int] = {}
+    out = []
+    for item in items:
+        b = length_bin(item.length)
+        if b in wanted and (per_bin is None or taken.get(b, 0) < per_bin):
+            taken[b] = taken.get(b, 0) + 1
+            out.append(item)
+    return out
+
+
+def arm_label(method: str, protocol: str) -> str:
+    return f"{method}/{protocol}"
+
+
+def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any], protocol: str = "controlled") -> dict[str, Any]:
     """One item's row. S_l is recomputed against the annotated length."""
     words = int(result["word_count"])
     scores = result.get("scores") or {}
@@ -108,6 +137,9 @@ def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any]) -> 
     return {
         **asdict(item),
         "method": method,
+        "protocol": protocol,
+        "target_words": result.get("target_words"),
+        "target_source": result.get("target_source"),
         "word_count": words,
         "S_l": length_score(words, item.length),
         "quality": quality,
@@ -117,9 +149,9 @@ def outcome_from_result(item: EvalItem, method: str, result: dict[str, Any]) -> 
     }
 
 
-def failed_outcome(item: EvalItem, method: str, error: str) -> dict[str, Any]:
-    return {**asdict(item), "method": method, "word_count": 0, "S_l": 0.0, "quality": None,
-            "quality_status": "failed", "error": error}
+def failed_outcome(item: EvalItem, method: str, error: str, protocol: str = "controlled") -> dict[str, Any]:
+    return {**asdict(item), "method": method, "protocol": protocol, "target_words": None, "target_source": None,
+            "word_count": 0, "S_l": 0.0, "quality": None, "quality_status": "failed", "error": error}
 
 
 def _summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -153,17 +185,32 @@ def _unjudged(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {b: out[b] for b, _, _ in LENGTH_BINS if b in out}
 
 
-def build_report(outcomes: Iterable[dict[str, Any]], methods: Iterable[str] | None = None) -> dict[str, Any]:
-    """{"methods": {method: {"overall", "by_length": {bin: ...}, "by_type": {type: ...},
-    "unjudged": {bin: {"count", "reasons": {reason: count}}}}}, "items": [rows]}; each summary
-    has n, failed, S_l, S_q, S, judged, missing, ..."""
-    rows = sorted(outcomes, key=lambda r: (r["method"], r["index"]))
+def build_report(
+    outcomes: Iterable[dict[str, Any]],
+    methods: Iterable[str] | None = None,
+    protocols: Iterable[str] | None = None,
+    given_length: bool = False,
+) -> dict[str, Any]:
+    """{"given_length", "protocols", "methods": {"method/protocol": {"method", "protocol",
+    "overall", "by_length": {bin: ...}, "by_type": {type: ...}, "unjudged": {bin: {"count",
+    "reasons": {reason: count}}}}}, "items": [rows]}; each summary has n, failed, S_l, S_q, S,
+    judged, missing, ..."""
+    rows = sorted(outcomes, key=lambda r: (r["method"], r["protocol"], r["index"]))
     order = list(methods) if methods is not None else sorted({r["method"] for r in rows})
-    report: dict[str, Any] = {"bins": [b[0] for b in LENGTH_BINS], "methods": {}, "items": rows}
-    for method in order:
-        mine = [r for r in rows if r["method"] == method]
+    protocol_order = list(protocols) if protocols is not None else sorted({r["protocol"] for r in rows})
+    report: dict[str, Any] = {
+        "bins": [b[0] for b in LENGTH_BINS],
+        "given_length": given_length,
+        "protocols": protocol_order,
+        "methods": {},
+        "items": rows,
+    }
+    for method, protocol in ((m, p) for m in order for p in protocol_order):
+        mine = [r for r in rows if r["method"] == method and r["protocol"] == protocol]
         types = sorted({r["type"] for r in mine})
-        report["methods"][method] = {
+        report["methods"][arm_label(method, protocol)] = {
+            "method": method,
+            "protocol": protocol,
             "overall": _summarize(mine),
             "by_length": {b: _summarize([r for r in mine if length_bin(r["length"]) == b]) for b, _, _ in LENGTH_BINS},
             "by_type": {t: _summarize([r for r in mine if r["type"] == t]) for t in types},
@@ -174,29 +221,41 @@ def build_report(outcomes: Iterable[dict[str, Any]], methods: Iterable[str] | No
 
 async def run_prompt_set(
     items: list[EvalItem],
-    run_item: Callable[[EvalItem, str], Awaitable[dict[str, Any]]],
+    run_item: Callable[[EvalItem, str, str], Awaitable[dict[str, Any]]],
     methods: Iterable[str] = DEFAULT_METHODS,
     *,
+    protocols: Iterable[str] = DEFAULT_PROTOCOLS,
+    given_length: bool = False,
     concurrency: int = 16,
     on_outcome: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every item with every method (at most `concurrency` at once) and build the report.
-    An item whose run raises is recorded as failed (S_l 0); cancellation propagates."""
-    methods = list(methods)
+    """Run every item with every method under every protocol (at most `concurrency` at once)
+    and build the report. `given_length` is only recorded here: `run_item` decides what the
+    job gets. An item whose run raises is recorded as failed (S_l 0); cancellation propagates."""
+    methods, protocols = list(methods), list(protocols)
     limit = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(item: EvalItem, method: str) -> dict[str, Any]:
+    async def one(item: EvalItem, method: str, protocol: str) -> dict[str, Any]:
         async with limit:
             try:
-                outcome = outcome_from_result(item, method, await run_item(item, method))
+                outcome = outcome_from_result(item, method, await run_item(item, method, protocol), protocol)
             except Exception as exc:  # noqa: BLE001 - one failed item must not sink the evaluation
-                outcome = failed_outcome(item, method, f"{type(exc).__name__}: {exc}")
+                outcome = failed_outcome(item, method, f"{type(exc).__name__}: {exc}", protocol)
         if on_outcome is not None:
             on_outcome(outcome)
         return outcome
 
-    outcomes = await asyncio.gather(*(one(item, m) for m in methods for item in items))
-    return build_report(outcomes, methods)
+    outcomes = await asyncio.gather(*(one(item, m, p) for m in methods for p in protocols for item in items))
+    return build_report(outcomes, methods, protocols, given_length)
+
+
+def job_params(item: EvalItem, method: str, protocol: str, given_length: bool, shared: dict[str, Any] | None) -> dict[str, Any]:
+    """The write params of one run: the prompt as the benchmark gives it; the annotated
+    length only with `given_length`."""
+    params = {**(shared or {}), "instruction": item.prompt, "method": method, "protocol": protocol}
+    if given_length:
+        params["target_words"] = item.length
+    return params
 
 
 def local_runner(
@@ -205,19 +264,18 @@ def local_runner(
     judge=None,
     settings: Settings | None = None,
     write_params: dict[str, Any] | None = None,
-) -> Callable[[EvalItem, str], Awaitable[dict[str, Any]]]:
+    given_length: bool = False,
+) -> Callable[[EvalItem, str, str], Awaitable[dict[str, Any]]]:
     """A `run_item` that runs write jobs in this process with in-memory steps (tests,
-    notebooks, an offline CLI). Each item gets target_words = its annotated length; the
-    shared `write_params` (temperature, models, judge, ...) apply to every item."""
+    notebooks, an offline CLI); see `job_params` for what each job gets. The shared
+    `write_params` (temperature, models, judge, ...) apply to every item."""
     from agents import agentwrite
     from agents.context import JobContext, MemoryStepStore
 
-    async def run_item(item: EvalItem, method: str) -> dict[str, Any]:
-        params = agentwrite.WriteParams(
-            **{**(write_params or {}), "instruction": item.prompt, "target_words": item.length, "method": method}
-        )
+    async def run_item(item: EvalItem, method: str, protocol: str) -> dict[str, Any]:
+        params = agentwrite.WriteParams(**job_params(item, method, protocol, given_length, write_params))
         ctx = JobContext(llm, store=MemoryStepStore(), settings=settings, judge=judge,
-                         job_id=f"eval-{method}-{item.index}")
+                         job_id=f"eval-{method}-{protocol}-{item.index}")
         return await agentwrite.run(ctx, params)
 
     return run_item
@@ -241,7 +299,7 @@ def render_table(report: dict[str, Any]) -> str:
     per = report["methods"]
     judged = any(per[m]["overall"]["judged"] for m in methods)
     out = []
-    header = ["method", "n", "failed", "S_l"] + (["S_q", "S", "judged", "missing"] if judged else []) + ["words/len"]
+    header = ["method/protocol", "n", "failed", "S_l"] + (["S_q", "S", "judged", "missing"] if judged else []) + ["words/len"]
     rows = []
     for m in methods:
         o = per[m]["overall"]
@@ -250,7 +308,9 @@ def render_table(report: dict[str, Any]) -> str:
             row += [_fmt(o["S_q"]), _fmt(o["S"]), str(o["judged"]), str(o["missing"])]
         row.append("-" if o["mean_length_ratio"] is None else f"{o['mean_length_ratio']:.2f}")
         rows.append(row)
-    out.append("LongBench-Write: overall\n" + _table(header, rows))
+    lengths = "annotated length given as target_words" if report.get("given_length") else "prompt text only"
+    out.append(f"LongBench-Write: overall (arms are method/protocol; the model got: {lengths})\n"
+               + _table(header, rows))
     unjudged = [f"  {m} {b}: {u['count']} ({', '.join(f'{why}: {n}' for why, n in u['reasons'].items())})"
                 for m in methods for b, u in per[m].get("unjudged", {}).items()]
     if unjudged:
@@ -270,16 +330,26 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
-def summary(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Overall figures per method: {"agentwrite": {"S_l": .., "S_q": .., "S": ..}, ...}."""
-    out: dict[str, dict[str, float | None]] = {}
-    for method, parts in report["methods"].items():
+def summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Overall figures per method, the protocol a level below:
+    {"agentwrite": {"protocol": "controlled", "S_l": .., "S_q": .., "S": .., "paper": {"S_l": .., ...}}, ...}.
+    A method's own keys hold the figures of its main protocol (controlled when it ran, else
+    the first that did), named by "protocol"; every other protocol's figures nest under its
+    name."""
+    protocols = report["protocols"]
+    main = "controlled" if "controlled" in protocols else protocols[0]
+    out: dict[str, dict[str, Any]] = {}
+    for parts in report["methods"].values():
         o = parts["overall"]
-        figures = {"S_l": None if o["S_l"] is None else round(o["S_l"], 2)}
+        figures: dict[str, Any] = {"S_l": None if o["S_l"] is None else round(o["S_l"], 2)}
         if o["judged"]:
             figures["S_q"] = None if o["S_q"] is None else round(o["S_q"], 2)
             figures["S"] = None if o["S"] is None else round(o["S"], 2)
-        out[method] = figures
+        entry = out.setdefault(parts["method"], {})
+        if parts["protocol"] == main:
+            entry.update({"protocol": main, **figures})
+        else:
+            entry[parts["protocol"]] = figures
     return out
 
 

@@ -398,7 +398,7 @@ def _report_on_fake_server(server, items):
     async def go():
         pool = _pool(server)
         try:
-            return await run_prompt_set(items, local_runner(pool), ("agentwrite", "single"), concurrency=16)
+            return await run_prompt_set(items, local_runner(pool, given_length=True), ("agentwrite", "single"), concurrency=16)
         finally:
             await pool.aclose()
 
@@ -411,7 +411,7 @@ def test_longbench_write_subset_on_the_fake_server(fake_llm):
     items = load_prompt_set(LONGBENCH_WRITE)[::6]  # 20 prompts across all length bins
     report = _report_on_fake_server(fake_llm, items)
     print(render_table(report))
-    overall = {m: report["methods"][m]["overall"] for m in ("agentwrite", "single")}
+    overall = {m: report["methods"][f"{m}/controlled"]["overall"] for m in ("agentwrite", "single")}
     assert overall["agentwrite"]["failed"] == 0 and overall["agentwrite"]["S_l"] >= 90
     assert overall["single"]["S_l"] < overall["agentwrite"]["S_l"]
 
@@ -427,11 +427,12 @@ def test_longbench_write_120_prompts_on_the_fake_server(fake_llm):
     report = _report_on_fake_server(fake_llm, items)
     print(render_table(report))
     print(summary_line(report))
-    agentwrite_s_l = report["methods"]["agentwrite"]["overall"]["S_l"]
-    single = report["methods"]["single"]
-    assert report["methods"]["agentwrite"]["overall"]["failed"] == 0 and single["overall"]["failed"] == 0
+    agentwrite = report["methods"]["agentwrite/controlled"]
+    single = report["methods"]["single/controlled"]
+    agentwrite_s_l = agentwrite["overall"]["S_l"]
+    assert agentwrite["overall"]["failed"] == 0 and single["overall"]["failed"] == 0
     assert agentwrite_s_l >= 90
-    assert all(report["methods"]["agentwrite"]["by_length"][b]["S_l"] >= 85 for b in report["bins"])
+    assert all(agentwrite["by_length"][b]["S_l"] >= 85 for b in report["bins"])
     # One call cannot reach long targets: the baseline collapses on the [4k,20k] bin.
     assert single["by_length"]["[4k,20k]"]["S_l"] < 20 and single["overall"]["S_l"] < agentwrite_s_l
 

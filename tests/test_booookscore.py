@@ -289,3 +289,60 @@ async def test_malformed_judge_replies_become_unparseable_not_guesses(fake_llm_f
         out = store.outputs[f"judge/{i}"]
         assert out["verdict"] is None and len(out["problems"]) == bs.JUDGE_ATTEMPTS
         assert out["calls"] == bs.JUDGE_ATTEMPTS * bs.STRUCTURED_ATTEMPTS
+
+
+# ----- protocol "paper": the reference package's v1 ---------------------------------------------
+
+
+def test_reference_parser_follows_the_reference_rules():
+    assert bs.parse_verdict_reference("Questions: no confusion\nTypes: no confusion").flagged is False
+    verdict = bs.parse_verdict_reference("Questions: Who is he?\nTypes: Entity omission, causal omission")
+    assert verdict.types == ["entity omission", "causal omission"] and verdict.questions == ["Who is he?"]
+    for bad in ("Questions: no confusion", "Types: x\nQuestions: y", "Questions: no confusion\nTypes: salience",
+                "Questions: Who?\nTypes: entity omission; salience", "Questions:Who?\nTypes:salience"):
+        with pytest.raises(bs.VerdictError):
+            bs.parse_verdict_reference(bad)
+
+
+def paper_sentence(prompt: str) -> str:
+    return prompt.split("The sentence to check:\n")[1].split("\n\nAnswer in exactly two lines")[0]
+
+
+async def test_paper_protocol_runs_the_reference_v1():
+    repeated = SUMMARY + " She later marries him."  # a repeated sentence counts once, as in the reference
+    options: list[GenOptions] = []
+
+    def reply(prompt: str, n: int) -> str:
+        sentence = paper_sentence(prompt)
+        if sentence.startswith("Mr. Bingley"):
+            return "Questions: no confusion\nTypes: salience" if n == 0 else "Questions: Why?\nTypes: causal omission"
+        if sentence.startswith("He brings"):
+            return "I cannot tell."  # never parses: counted as no confusion, as a parsed reference run would
+        if sentence == "She later marries him.":
+            return "Questions: Why does she marry him after all?\nTypes: causal omission"
+        return "Questions: no confusion\nTypes: no confusion"
+
+    judge = ScriptedJudge(reply)
+    original_chat = judge.chat
+
+    async def chat(messages, opts=None):
+        options.append(opts)
+        return await original_chat(messages, opts)
+
+    judge.chat = chat
+    result = await bs.run(JobContext(judge), {"summary": repeated, "protocol": "paper"})
+    assert result["output"] == "text" and result["sentences"] == 5
+    assert all(o.max_tokens == 100 and o.temperature == 0.0 and o.json_schema is None for o in options)
+    # Distinct sentences: 4; flagged: Bingley's (asked again) and the last occurrence of the repeated one.
+    assert [f["index"] for f in result["flagged"]] == [1, 4] and result["score"] == pytest.approx(1 - 2 / 4)
+    assert result["unparseable"] == [2]
+    record = result["protocol"]
+    assert record["name"] == "paper" and record["prompts"] == {"get_annotations.txt": "bundled"}
+    assert any(d.startswith("sentences whose verdict never parsed") for d in record["differs_from_paper"])
+    assert result["comparable_to"].startswith("none:") and "Longform's own judge prompt" in result["comparable_to"]
+    bs.KIND.validate_result(result)
+
+
+def test_paper_protocol_is_v1_only():
+    with pytest.raises(ValueError, match="use mode per_sentence"):
+        bs.BooookScoreParams(summary="A. B.", protocol="paper", mode="batched")

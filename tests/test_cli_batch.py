@@ -19,10 +19,10 @@ def last_json_line(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def check_report(out: Path, methods: list[str], items: int) -> dict:
+def check_report(out: Path, arms: list[str], items: int) -> dict:
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert list(report["methods"]) == methods
-    assert len(report["items"]) == items * len(methods)
+    assert list(report["methods"]) == arms
+    assert len(report["items"]) == items * len(arms)
     assert (out / "table.txt").read_text(encoding="utf-8").strip()
     assert (out / "plot.png").stat().st_size > 0
     return report
@@ -32,18 +32,44 @@ def check_report(out: Path, methods: list[str], items: int) -> dict:
 
 
 def test_eval_runs_write_jobs_through_the_api(api_url, tmp_path):
+    """By default the jobs get only the prompt text; --protocol runs both side by side."""
     out = tmp_path / "eval"
-    result = run(["eval", "longbench-write", "--limit", "2", "--out", str(out)], LONGFORM_URL=api_url)
+    result = run(["eval", "longbench-write", "--limit", "2", "--protocol", "controlled,paper", "--out", str(out)],
+                 LONGFORM_URL=api_url)
     assert result.exit_code == 0, result.output
-    report = check_report(out, ["agentwrite", "single"], 2)
+    arms = ["agentwrite/controlled", "agentwrite/paper", "single/controlled", "single/paper"]
+    report = check_report(out, arms, 2)
     assert all(row["error"] is None and row["word_count"] > 0 for row in report["items"]), report["items"]
+    assert report["given_length"] is False and report["protocols"] == ["controlled", "paper"]
     summary = last_json_line(result.stdout)
     assert set(summary) == {"agentwrite", "single"}
-    assert all(0 < figures["S_l"] <= 100 for figures in summary.values())
-    assert "[4/4]" in result.stderr and "4 runs in" in result.stderr
+    for figures in summary.values():
+        assert figures["protocol"] == "controlled" and 0 < figures["S_l"] <= 100
+        assert set(figures["paper"]) == {"S_l"} and 0 < figures["paper"]["S_l"] <= 100
+    assert "[8/8]" in result.stderr and "8 runs in" in result.stderr
+    assert "the model got: prompt text only" in (out / "table.txt").read_text(encoding="utf-8")
 
-    jobs = json.loads(run(["jobs", "--kind", "write", "--json"], LONGFORM_URL=api_url).stdout)
-    assert jobs["total"] == 4 and {j["status"] for j in jobs["items"]} == {"succeeded"}
+    jobs = json.loads(run(["jobs", "--kind", "write", "--json", "--limit", "50"], LONGFORM_URL=api_url).stdout)
+    assert jobs["total"] == 8 and {j["status"] for j in jobs["items"]} == {"succeeded"}
+    client = LongformClient(api_url)
+    details = [client.get_job(j["id"]) for j in jobs["items"]]
+    assert all(d["params"].get("target_words") is None for d in details)
+    assert sorted(d["result"]["protocol"]["name"] for d in details) == ["controlled"] * 4 + ["paper"] * 4
+
+
+def test_eval_given_length_passes_the_annotated_length(fake_llm, tmp_path):
+    out = tmp_path / "eval-given"
+    result = run(["eval", "longbench-write", "--local", "--limit", "2", "--method", "single", "--given-length",
+                  "--out", str(out)], LLM_ENDPOINTS=fake_llm.base_url, LONGFORM_URL=f"http://127.0.0.1:{free_port()}")
+    assert result.exit_code == 0, result.output
+    report = check_report(out, ["single/controlled"], 2)
+    assert report["given_length"] is True
+    assert [(r["target_words"], r["target_source"]) for r in report["items"]] == [(r["length"], "given") for r in report["items"]]
+
+
+def test_eval_refuses_an_unknown_protocol(tmp_path):
+    result = run(["eval", "longbench-write", "--local", "--protocol", "paper,fancy", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--protocol takes a comma-separated list of controlled, paper" in result.output
 
 
 def test_eval_local_runs_in_process_on_the_configured_model(fake_llm, tmp_path):
@@ -52,7 +78,7 @@ def test_eval_local_runs_in_process_on_the_configured_model(fake_llm, tmp_path):
     result = run(["eval", "longbench-write", "--local", "--limit", "2", "--method", "single", "--out", str(out)],
                  LLM_ENDPOINTS=fake_llm.base_url, LONGFORM_URL=f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 0, result.output
-    report = check_report(out, ["single"], 2)
+    report = check_report(out, ["single/controlled"], 2)
     assert all(row["error"] is None and row["word_count"] > 0 for row in report["items"]), report["items"]
     assert last_json_line(result.stdout)["single"]["S_l"] > 0
 
@@ -113,8 +139,8 @@ def test_dataset_build_then_export(api_url, tmp_path):
     assert f"records written to {export}" in built.stderr
     records = [json.loads(line) for line in export.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 2
-    assert {r["messages"][0]["content"] for r in records} == {
-        "Write a short note about lighthouses.", "Write a short note about urban beekeeping.",
+    assert {r["messages"][0]["content"] for r in records} == {  # the target the answer was written to
+        "Write a short note about lighthouses. (about 120 words)", "Write a short note about urban beekeeping. (about 120 words)",
     }
     assert all(r["messages"][1]["role"] == "assistant" and r["messages"][1]["content"].strip() for r in records)
 
@@ -131,6 +157,11 @@ def test_dataset_build_then_export(api_url, tmp_path):
     assert alpaca.exit_code == 0, alpaca.output
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 2 and all(row["output"].strip() for row in rows)
+    plain = run(["dataset", "export", dataset_id, "--no-state-length"], LONGFORM_URL=api_url)
+    assert plain.exit_code == 0, plain.output
+    assert {json.loads(line)["messages"][0]["content"] for line in plain.stdout.splitlines()} == {
+        "Write a short note about lighthouses.", "Write a short note about urban beekeeping.",
+    }
 
 
 def test_dataset_build_no_watch_and_a_file_without_instructions(api_url, tmp_path):

@@ -122,7 +122,7 @@ async def test_judge_client_learns_the_window_and_reports_unjudged_answers(fake_
         long_answer = "The river ran on past the mill. " * 1200  # ~7,000 words
         short_answer = "The river ran on past the mill."
 
-        async def run_item(item: EvalItem, method: str):
+        async def run_item(item: EvalItem, method: str, protocol: str):
             answer = long_answer if item.length > 4000 else short_answer
             verdict = await judge_quality(judge, item.prompt, answer)
             return {"word_count": len(answer.split()),
@@ -135,7 +135,7 @@ async def test_judge_client_learns_the_window_and_reports_unjudged_answers(fake_
     finally:
         await judge.aclose()
     assert judge.context_window == 2048  # the server's figure, not the 32768 setting
-    method = report["methods"]["agentwrite"]
+    method = report["methods"]["agentwrite/controlled"]
     reason = "does not fit the judge's context (> 2048 tokens)"
     assert method["unjudged"] == {"[4k,20k]": {"count": 2, "reasons": {reason: 2}}}
     assert method["overall"]["judged"] == 1 and method["overall"]["missing"] == 2
@@ -143,4 +143,4 @@ async def test_judge_client_learns_the_window_and_reports_unjudged_answers(fake_
     assert all(r["quality_error"].startswith("does not fit the judge's context (") for r in long_rows)
     assert " > 2048)" in long_rows[0]["quality_error"]
     table = render_table(report)
-    assert "Not judged" in table and f"agentwrite [4k,20k]: 2 ({reason}: 2)" in table
+    assert "Not judged" in table and f"agentwrite/controlled [4k,20k]: 2 ({reason}: 2)" in table

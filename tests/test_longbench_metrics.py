@@ -127,7 +127,7 @@ async def test_run_prompt_set_builds_the_report(tmp_path):
     items = [EvalItem(0, "p0", "News", 100), EvalItem(1, "p1", "News", 1000),
              EvalItem(2, "p2", "Story", 3000), EvalItem(3, "p3", "Story", 8000)]
 
-    async def run_item(item, method):
+    async def run_item(item, method, protocol):
         if method == "single" and item.index == 3:
             raise RuntimeError("model down")
         words = item.length if method == "agentwrite" else item.length // 2
@@ -138,7 +138,7 @@ async def test_run_prompt_set_builds_the_report(tmp_path):
     seen = []
     report = await run_prompt_set(items, run_item, ("agentwrite", "single"), concurrency=2, on_outcome=seen.append)
     assert len(seen) == 8
-    aw, single = report["methods"]["agentwrite"], report["methods"]["single"]
+    aw, single = report["methods"]["agentwrite/controlled"], report["methods"]["single/controlled"]
     assert aw["overall"]["S_l"] == 100.0 and aw["overall"]["failed"] == 0
     assert single["overall"]["failed"] == 1 and single["overall"]["S_l"] == pytest.approx((50 * 3 + 0) / 4)
     assert aw["overall"]["judged"] == 3 and aw["overall"]["missing"] == 1 and aw["overall"]["S_q"] == 75.0
@@ -149,8 +149,8 @@ async def test_run_prompt_set_builds_the_report(tmp_path):
     table = render_table(report)
     assert "agentwrite" in table and "[2k,4k)" in table and "S_q by type" in table
     line = summary_line(report)
-    assert json.loads(line) == {"agentwrite": {"S_l": 100.0, "S_q": 75.0, "S": 87.5},
-                                "single": {"S_l": 37.5, "S_q": 25.0, "S": 31.25}}
+    assert json.loads(line) == {"agentwrite": {"protocol": "controlled", "S_l": 100.0, "S_q": 75.0, "S": 87.5},
+                                "single": {"protocol": "controlled", "S_l": 37.5, "S_q": 25.0, "S": 31.25}}
     png, svg = write_plot(report, tmp_path / "eval.png"), write_plot(report, tmp_path / "eval.svg")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:500]
     with pytest.raises(ValueError):
@@ -158,8 +158,8 @@ async def test_run_prompt_set_builds_the_report(tmp_path):
 
 
 def test_report_without_judge_has_no_quality_columns():
-    rows = [{"index": 0, "prompt": "p", "type": "T", "length": 100, "method": "agentwrite", "word_count": 90,
+    rows = [{"index": 0, "prompt": "p", "type": "T", "length": 100, "method": "agentwrite", "protocol": "paper", "word_count": 90,
              "S_l": 94.4, "quality": None, "quality_status": "not_configured", "error": None}]
     report = build_report(rows)
-    assert json.loads(summary_line(report)) == {"agentwrite": {"S_l": 94.4}}
+    assert json.loads(summary_line(report)) == {"agentwrite": {"protocol": "paper", "S_l": 94.4}}
     assert "S_q" not in render_table(report)

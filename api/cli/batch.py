@@ -38,38 +38,57 @@ def eval_group() -> None:
               help="A LongBench-Write-format JSONL ({prompt, type, length} per line); default: the bundled 120 prompts.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(["agentwrite", "single"]),
               help="Method to run; repeatable (default: both, side by side).")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N prompts.")
+@click.option("--protocol", "protocols", default="controlled", show_default=True, metavar="LIST",
+              help="Comma-separated protocols to run side by side: controlled, paper (the method as published).")
+@click.option("--given-length", is_flag=True,
+              help="Pass each prompt's annotated length as target_words (default: the prompt text only, as the benchmark gives it).")
+@click.option("--bin", "bins", multiple=True, metavar="BIN",
+              help='Only prompts whose annotated length falls in this bin ("[0,500)", "[500,2k)", "[2k,4k)", "[4k,20k]"); repeatable.')
+@click.option("--per-bin", type=click.IntRange(min=1), help="Only the first N prompts of each length bin.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N prompts (after --bin and --per-bin).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Jobs in flight at once.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-longbench-write", show_default=True,
               help="Directory for report.json, table.txt and plot.png.")
 @click.option("--local", is_flag=True, help="Run the agents in this process on the configured model instead of as API jobs.")
 @click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A write param for every item (e.g. temperature=0.5); repeatable.")
 @click.pass_context
-def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, local, pairs) -> None:
+def longbench_write(ctx, prompt_file, methods, protocols, given_length, bins, per_bin, limit, concurrency, out_dir,
+                    local, pairs) -> None:
     """Run LongBench-Write as write jobs and report S_l (and S_q when a judge is configured)
-    overall, by length bin and by type, for each method. The last line is one JSON object."""
+    overall, by length bin and by type, for each method and protocol. The last line is one
+    JSON object: {"agentwrite": {"protocol": "controlled", "S_l": .., "paper": {"S_l": ..}}, ...}
+    (the controlled figures at the method's level, every other protocol's under its name)."""
     from agents import evaluation
 
     try:
         items = evaluation.load_prompt_set(prompt_file or evaluation.BUNDLED_PROMPT_SET)
     except evaluation.PromptSetError as exc:
         raise CliFailure(str(exc), 2) from None
+    try:
+        items = evaluation.select_items(items, bins=bins, per_bin=per_bin)
+    except ValueError as exc:
+        raise CliFailure(str(exc), 2) from None
     items = items[:limit] if limit else items
     methods = list(methods) or list(evaluation.DEFAULT_METHODS)
+    protocols = parse_protocols(protocols)
     write_params = parse_params(None, None, pairs)
-    run_item = _local_runner(write_params) if local else _api_runner(ctx, write_params)
+    run_item = _local_runner(write_params, given_length) if local else _api_runner(ctx, write_params, given_length)
     done = {"n": 0}
-    total = len(items) * len(methods)
+    total = len(items) * len(methods) * len(protocols)
 
     def on_outcome(outcome: dict[str, Any]) -> None:
         done["n"] += 1
-        note(f"[{done['n']}/{total}] {outcome['method']:10s} #{outcome['index']:<3d} "
+        arm = evaluation.arm_label(outcome["method"], outcome["protocol"])
+        note(f"[{done['n']}/{total}] {arm:21s} #{outcome['index']:<3d} "
              f"S_l={outcome.get('S_l') if outcome.get('S_l') is None else round(outcome['S_l'], 1)} "
              f"words={outcome.get('word_count')}/{outcome.get('length')} {outcome.get('status', '')}")
 
     started = time.monotonic()
     try:
-        report = asyncio.run(evaluation.run_prompt_set(items, run_item, methods, concurrency=concurrency, on_outcome=on_outcome))
+        report = asyncio.run(evaluation.run_prompt_set(
+            items, run_item, methods, protocols=protocols, given_length=given_length,
+            concurrency=concurrency, on_outcome=on_outcome,
+        ))
     except ApiGone as gone:
         note(f"stopped after {done['n']} of {total} runs: the API no longer answers (submitted jobs go on there)")
         raise gone.error from None
@@ -84,14 +103,26 @@ def longbench_write(ctx, prompt_file, methods, limit, concurrency, out_dir, loca
     click.echo(evaluation.summary_line(report))
 
 
-def _api_runner(ctx: click.Context, write_params: dict[str, Any]):
+def parse_protocols(text: str) -> list[str]:
+    from agents.evaluation import PROTOCOLS
+
+    protocols = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise CliFailure(f"--protocol takes a comma-separated list of {', '.join(PROTOCOLS)}; got {text!r}", 2)
+    return protocols
+
+
+def _api_runner(ctx: click.Context, write_params: dict[str, Any], given_length: bool):
+    from agents.evaluation import job_params
+
     client = make_client(ctx)
     gone: list[ApiUnreachable] = []  # once the API is gone, no item starts (one may be waiting to)
 
-    async def run_item(item, method: str) -> dict[str, Any]:
+    async def run_item(item, method: str, protocol: str) -> dict[str, Any]:
         if gone:
             raise ApiGone(gone[0])
-        params = {**write_params, "instruction": item.prompt, "target_words": item.length, "method": method}
+        params = job_params(item, method, protocol, given_length, write_params)
         try:
             job, _ = await asyncio.to_thread(client.submit_job, "write", params)
             final = await asyncio.to_thread(client.wait_job, job["id"])
@@ -105,13 +136,13 @@ def _api_runner(ctx: click.Context, write_params: dict[str, Any]):
     return run_item
 
 
-def _local_runner(write_params: dict[str, Any]):
+def _local_runner(write_params: dict[str, Any], given_length: bool):
     from agents import evaluation
     from agents.llm.factory import make_judge_client, make_llm_client
 
     settings = load_settings()
     return evaluation.local_runner(make_llm_client(settings), judge=make_judge_client(settings),
-                                   settings=settings, write_params=write_params)
+                                   settings=settings, write_params=write_params, given_length=given_length)
 
 
 @cli.group("dataset")
@@ -130,8 +161,15 @@ def dataset_group() -> None:
 @click.option("--gate", "gate_pairs", multiple=True, metavar="KEY=VALUE", help="A quality-gate setting (e.g. length_tolerance=0.3); repeatable.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write the export here when the build ends.")
 @click.option("--no-watch", is_flag=True, help="Print the dataset job id and return.")
+@click.option("--lengths", "lengths_spec", metavar="SPEC",
+              help="Length of an instruction that states none: longwriter6k (default: 90% uniform 2,000-10,000 words, "
+                   "10% up to 32,000), uniform:MIN-MAX or fixed:N.")
+@click.option("--length-seed", type=int, help="Seed of the drawn lengths (default 0; the same seed draws the same lengths).")
+@click.option("--no-state-length", is_flag=True, help="Exports do not state the target length in the user turn.")
+@click.option("--prompt-set", metavar="NAME", help="Render every item's write job from this prompt set: A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs, out_file, no_watch) -> None:
+def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs, out_file, no_watch, prompt_set,
+                  lengths_spec, length_seed, no_state_length) -> None:
     """Build a dataset from SOURCE, a JSONL of instructions ({"instruction"|"prompt", optional
     "target_words"|"length"} per line), or from --seed prompts with --count."""
     if bool(source) == bool(seeds):
@@ -151,6 +189,14 @@ def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs,
             raise CliFailure(f"{source} is not UTF-8 (bad byte at offset {exc.start})", 2) from None
     else:
         body["seeds"], body["count"] = list(seeds), count
+    if prompt_set:
+        body["prompt_set"] = prompt_set
+    if lengths_spec:
+        body["length_distribution"] = parse_length_spec(lengths_spec)
+    if length_seed is not None:
+        body["seed"] = length_seed
+    if no_state_length:
+        body["state_length"] = False
     client = make_client(ctx)
     try:
         job = client.create_dataset(body)
@@ -174,6 +220,22 @@ def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs,
     click.echo(final["id"])
 
 
+def parse_length_spec(spec: str) -> dict[str, Any]:
+    """"longwriter6k", "uniform:2000-8000" or "fixed:3000" as a `length_distribution`."""
+    kind, _, args = spec.strip().partition(":")
+    try:
+        if kind == "longwriter6k" and not args:
+            return {"kind": kind}
+        if kind == "uniform":
+            low, high = args.split("-")
+            return {"kind": kind, "min": int(low), "max": int(high)}
+        if kind == "fixed":
+            return {"kind": kind, "words": int(args)}
+    except ValueError:
+        pass
+    raise CliFailure(f"--lengths takes longwriter6k, uniform:MIN-MAX or fixed:N; got {spec!r}", 2)
+
+
 def _note_rejected(source: str | None, rejected: list[dict[str, Any]] | None) -> None:
     for bad in rejected or []:
         note(f"{source}:{bad['line']}: skipped: {bad['error']}")
@@ -183,14 +245,16 @@ def _note_rejected(source: str | None, rejected: list[dict[str, Any]] | None) ->
 @click.argument("dataset_id")
 @click.option("--format", "fmt", type=click.Choice(["longwriter", "alpaca", "sharegpt"]), default="longwriter", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.option("--state-length/--no-state-length", default=None,
+              help="State the target length in the user turn when the instruction does not (default: as the dataset was built, normally yes).")
 @click.pass_context
-def dataset_export(ctx, dataset_id, fmt, out_file) -> None:
+def dataset_export(ctx, dataset_id, fmt, out_file, state_length) -> None:
     """Export what passes the gates so far (works while running and after a cancel)."""
-    _export(make_client(ctx), dataset_id, fmt, out_file)
+    _export(make_client(ctx), dataset_id, fmt, out_file, state_length)
 
 
-def _export(client, dataset_id: str, fmt: str, out_file: str | None) -> None:
-    text = client.export_dataset(dataset_id, fmt)
+def _export(client, dataset_id: str, fmt: str, out_file: str | None, state_length: bool | None = None) -> None:
+    text = client.export_dataset(dataset_id, fmt, state_length)
     if out_file:
         Path(out_file).write_text(text, encoding="utf-8")
         note(f"{text.count(chr(10))} records written to {out_file}")

@@ -19,23 +19,28 @@ from api.cli.jobs import echo_result, finish_with, print_scores, submit_and_foll
 @click.option("--words", type=click.IntRange(min=1), help="Target length of the summary in words.")
 @click.option("--strip-gutenberg", is_flag=True, help="Remove a Project Gutenberg header and licence before uploading.")
 @click.option("--score", is_flag=True, help="Also score the summary's coherence (BooookScore).")
+@click.option("--protocol", type=click.Choice(["controlled", "paper"]), default="controlled", show_default=True,
+              help="paper: the method as published (reference defaults, no length control).")
 @click.option("--no-watch", is_flag=True, help="Submit, print the job id and return.")
+@click.option("--prompt-set", metavar="NAME", help="A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def summarize(ctx, source, method, chunk_size, words, strip_gutenberg, score, no_watch) -> None:
+def summarize(ctx, source, method, chunk_size, words, strip_gutenberg, score, protocol, no_watch, prompt_set) -> None:
     """Summarize a book: FILE is a UTF-8 text file or doc:ID."""
-    params: dict[str, Any] = {"document_id": resolve_document(ctx, source, strip_gutenberg), "method": method, "score": score}
+    params: dict[str, Any] = {"document_id": resolve_document(ctx, source, strip_gutenberg), "method": method,
+                              "score": score, "protocol": protocol}
     if chunk_size:
         params["chunk_size"] = chunk_size
     if words:
         params["target_words"] = words
     if strip_gutenberg and source.startswith("doc:"):  # a stored document is stripped when the job runs
         params["strip_gutenberg"] = True
-    final = submit_and_follow(ctx, "summarize", params, watch=not no_watch)
+    final = submit_and_follow(ctx, "summarize", params, watch=not no_watch, prompt_set=prompt_set)
     if final is None:
         return
     if final["status"] == "succeeded":
         echo_result(ctx, final)
         print_scores(final)
+        print_protocol(final.get("result") or {})
         coherence = (final.get("result") or {}).get("booookscore")
         if isinstance(coherence, dict) and coherence.get("skipped"):
             note(f"BooookScore skipped: {coherence['skipped']}")
@@ -48,20 +53,25 @@ def summarize(ctx, source, method, chunk_size, words, strip_gutenberg, score, no
 @click.argument("target", metavar="JOB_OR_FILE")
 @click.option("--mode", type=click.Choice(["per_sentence", "batched"]), help="One judge call per sentence, or batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Sentences per judge call in batched mode.")
+@click.option("--protocol", type=click.Choice(["controlled", "paper"]), default="controlled", show_default=True,
+              help="paper: the method as published (reference defaults, no length control).")
+@click.option("--prompt-set", metavar="NAME", help="A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def booookscore(ctx, target, mode, batch_size) -> None:
+def booookscore(ctx, target, mode, batch_size, protocol, prompt_set) -> None:
     """Score a summary's coherence: a summarize job's result, or a text file."""
     if Path(target).is_file():
         params: dict[str, Any] = {"document_id": upload_file(ctx, target, None, False)["id"]}
     else:
         params = {"job_id": target}
+    params["protocol"] = protocol
     if mode:
         params["mode"] = mode
     if batch_size:
         params["batch_size"] = batch_size
-    final = submit_and_follow(ctx, "booookscore", params)
+    final = submit_and_follow(ctx, "booookscore", params, prompt_set=prompt_set)
     if final["status"] == "succeeded":
         print_booookscore(final.get("result") or {})
+        print_protocol(final.get("result") or {})
     finish_with(ctx, final)
 
 
@@ -97,19 +107,23 @@ def print_booookscore(result: dict[str, Any], err: bool = False) -> None:
 @click.argument("instruction")
 @click.option("--words", type=click.IntRange(min=1), help="Target length in words.")
 @click.option("--method", type=click.Choice(["agentwrite", "single"]), default="agentwrite", show_default=True)
+@click.option("--protocol", type=click.Choice(["controlled", "paper"]), default="controlled", show_default=True,
+              help="paper: the method as published (reference defaults, no length control).")
 @click.option("--no-watch", is_flag=True, help="Submit, print the job id and return.")
+@click.option("--prompt-set", metavar="NAME", help="A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def write(ctx, instruction, words, method, no_watch) -> None:
+def write(ctx, instruction, words, method, protocol, no_watch, prompt_set) -> None:
     """Write a long text following INSTRUCTION; prints the text, then its scores on stderr."""
-    params: dict[str, Any] = {"instruction": instruction, "method": method}
+    params: dict[str, Any] = {"instruction": instruction, "method": method, "protocol": protocol}
     if words:
         params["target_words"] = words
-    final = submit_and_follow(ctx, "write", params, watch=not no_watch)
+    final = submit_and_follow(ctx, "write", params, watch=not no_watch, prompt_set=prompt_set)
     if final is None:
         return
     if final["status"] == "succeeded":
         echo_result(ctx, final)
         print_write_scores(final)
+        print_protocol(final.get("result") or {})
     finish_with(ctx, final)
 
 
@@ -129,3 +143,17 @@ def print_write_scores(job: dict[str, Any]) -> None:
     if shown:
         status = scores.get("quality_status")
         note("scores: " + "  ".join(shown) + (f"  (quality: {status})" if status and scores.get("S_q") is None else ""))
+
+
+def print_protocol(result: dict[str, Any]) -> None:
+    """Which protocol ran and how it differs from the published method, on stderr."""
+    record = result.get("protocol")
+    if not isinstance(record, dict):
+        return
+    comparable = "comparable to the paper" if record.get("comparable_to_paper") else "not comparable to the paper"
+    note(f"protocol: {record.get('name')} ({comparable})")
+    for difference in record.get("differs_from_paper") or []:
+        note(f"  differs: {difference}")
+    bundled = [name for name, origin in (record.get("prompts") or {}).items() if origin == "bundled"]
+    if bundled:
+        note(f"  prompts in Longform's own wording: {', '.join(bundled)} (overlay the paper's files to compare)")
