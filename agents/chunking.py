@@ -169,3 +169,97 @@ def _longest_fitting_prefix(text: str, chunk_size: int, count_tokens) -> int:
         if best:
             return best
     return 1  # a single character that is over the limit on its own: take it anyway
+
+
+# ----- the BooookScore reference's chunker (summarize protocol "paper") ----------------------------
+
+# What the reference treats as a sentence end when it cuts an oversized paragraph: one of these
+# characters, or a quote right after one of the first three. With commas as the fallback.
+_REFERENCE_ENDS = frozenset(".?!")
+_REFERENCE_ENDS_COMMA = frozenset(".?!,")
+
+
+class ReferenceChunkingError(ValueError):
+    """The reference chunker would lose text (its own no-loss assertion fails)."""
+
+
+def reference_chunks(
+    text: str,
+    chunk_size: int = 2048,
+    count_tokens: Callable[[str], int] = cl100k_tokens,
+    include_empty_lines: bool = False,
+) -> list[str]:
+    """Chunks exactly as booookscore 0.1.3 (`booookscore.chunk`) cuts a book.
+
+    - Every line (split on "\\n") is a paragraph; empty lines are dropped unless
+      `include_empty_lines`. Nothing else is normalised (a "\\r" or spaces stay).
+    - When the paragraphs joined with "\\n" fit `chunk_size` tokens, they are the one chunk.
+    - Otherwise paragraphs are packed greedily, joined with "\\n": the joined text is counted
+      as a whole, and when adding a paragraph would exceed `chunk_size`, the chunk closes and
+      the paragraph starts the next one.
+    - A paragraph over `chunk_size` on its own is cut together with the open chunk: the text
+      is cut after its second-to-last sentence end (`. ? !`, or a quote right after one),
+      again and again, until it fits (commas count as ends when fewer than two sentence
+      ends are left; with fewer than two of those either, the text stays as it is); that
+      piece is a chunk, and the rest is cut the same way until it fits, then stays open.
+    - Tokens are cl100k_base, as the reference counts them. The reference asserts that no
+      token was lost (counts with newlines removed); so does this (ReferenceChunkingError).
+    Deterministic."""
+    paragraphs = text.split("\n")
+    if not include_empty_lines:
+        paragraphs = [p for p in paragraphs if len(p) > 0]
+    whole = "\n".join(paragraphs)
+    if count_tokens(whole) <= chunk_size:
+        return [whole]
+    chunks: list[str] = []
+    current = ""
+    for para in paragraphs:
+        candidate = current + "\n" + para if current else para
+        if count_tokens(para) > chunk_size:
+            current, rest = _reference_truncate(candidate, chunk_size, count_tokens)
+            chunks.append(current)
+            while count_tokens(rest) > chunk_size:
+                current, rest = _reference_truncate(rest, chunk_size, count_tokens)
+                chunks.append(current)
+            current = rest
+            continue
+        if count_tokens(candidate) > chunk_size:
+            chunks.append(current)
+            current = para
+        else:
+            current = candidate
+    if current:
+        chunks.append(current)
+    lost = count_tokens("".join(paragraphs).replace("\n", "")) - count_tokens("".join(chunks).replace("\n", ""))
+    if lost != 0:
+        raise ReferenceChunkingError(
+            f"the reference chunker loses {lost} tokens of this text at chunk_size {chunk_size} "
+            "(a paragraph over the chunk size with fewer than two sentence ends or commas left)"
+        )
+    return chunks
+
+
+def _reference_ends(text: str, comma: bool) -> list[int]:
+    ends = _REFERENCE_ENDS_COMMA if comma else _REFERENCE_ENDS
+    found = []
+    for i, c in enumerate(text):
+        if c in ends:
+            found.append(i)
+        elif c in "\"'" and i > 0 and text[i - 1] in _REFERENCE_ENDS:
+            found.append(i)
+    return found
+
+
+def _reference_truncate(text: str, chunk_size: int, count_tokens: Callable[[str], int]) -> tuple[str, str]:
+    """(head within chunk_size, the cut-off rest) as the reference truncates: cut after the
+    second-to-last end, repeatedly. With fewer than two ends (commas included) left, the head
+    is returned as it is and the rest is dropped: the caller's no-loss check catches that."""
+    original = text
+    while count_tokens(text) > chunk_size:
+        ends = _reference_ends(text, comma=False)
+        if len(ends) < 2:
+            ends = _reference_ends(text, comma=True)
+            if len(ends) < 2:
+                return text, ""
+        text = text[: ends[-2] + 1]
+    return text, original[len(text):]

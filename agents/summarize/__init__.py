@@ -22,22 +22,44 @@ Every node is a checkpointed step (keys `chunk/0/{i}`, `merge/{level}/{j}`, `upd
 `compress/{j}/{a}`, `update/{j}/{a}`, `revise/{k}`); see hierarchical.py and incremental.py.
 Budgets are planned in cl100k tokens with a 15 % margin of the context window for the
 served model's own tokenizer (budgets.py).
+
+`protocol` picks the algorithm: "controlled" (the default) is the above; "paper" runs the
+BooookScore reference's own (paper.py): its chunker (lines as paragraphs), its prompt files
+(`get_summaries_hier/*.txt`, `get_summaries_inc/*.txt`: Longform's wording unless a prompt
+overlay supplies the originals), its budgets from `max_summary_len` (900 tokens) and the
+server's context window, its retries, and no length revision or sampling. Under paper,
+`target_words` given without `max_summary_len` sets max_summary_len = round(target_words /
+0.65) (the paper states lengths only through max_summary_len), and the result's
+`target_words` is round(max_summary_len x 0.65), the final summary's word bound. Every result
+records `protocol` (agents.protocol): the protocol and how this run differs from the paper.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.booookscore import BooookScoreOutcome, BooookScoreSkipped, score_summary
-from agents.chunking import counted_chunks
+from agents.chunking import counted_chunks, reference_chunks
 from agents.context import JobContext
 from agents.gutenberg import strip_gutenberg
 from agents.kinds import AbsentStaysAbsent, JobKind, ResultView, Score
+from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.summarize.budgets import BudgetError
 from agents.summarize.hierarchical import HierarchicalSummarizer
 from agents.summarize.incremental import IncrementalSummarizer
+from agents.summarize.paper import (
+    DEFAULT_MAX_SUMMARY_LEN,
+    HIER_INIT,
+    HIER_MERGE,
+    HIER_MERGE_CONTEXT,
+    INC_COMPRESS,
+    INC_INIT,
+    INC_UPDATE,
+    WORD_RATIO,
+    PaperSummarizer,
+)
 
 __all__ = ["SummarizeParams", "SummarizeResult", "BudgetError", "run", "KIND"]
 
@@ -58,10 +80,37 @@ class SummarizeParams(BaseModel):
     # Parallel samples of the final summary (and of each length revision); the one closest to
     # target_words is kept. Models miss lengths: sampling several at once finds one within
     # +-10 % in one round far more often, at the cost of a few calls, without adding latency.
+    # Controlled protocol only (paper makes one call per ask and revises nothing).
     length_samples: int = Field(3, ge=1, le=8)
     # Run BooookScore on the final summary afterwards (needs a configured judge model).
     score: bool = False
     score_mode: Literal["per_sentence", "batched"] = "per_sentence"
+    protocol: Protocol = Field("controlled", description=PROTOCOL_FIELD_DESCRIPTION)
+    # Paper protocol only: the summaries' token limit (the reference's max_summary_len: the
+    # final summary's, 0.65 of it for each level below). Given target_words instead (and no
+    # max_summary_len), paper uses round(target_words / 0.65).
+    max_summary_len: int = Field(DEFAULT_MAX_SUMMARY_LEN, ge=16, le=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_length_from_target_words(cls, data: Any) -> Any:
+        # Resolved when the params are first validated, so a stored job (its params dumped
+        # with every field) reads back the same.
+        if (
+            isinstance(data, dict)
+            and data.get("protocol") == "paper"
+            and data.get("max_summary_len") is None
+            and isinstance(data.get("target_words"), int)
+            and not isinstance(data.get("target_words"), bool)
+        ):
+            data = {**data, "max_summary_len": round(data["target_words"] / WORD_RATIO)}
+        return data
+
+    @model_validator(mode="after")
+    def _paper_scores_per_sentence(self) -> "SummarizeParams":
+        if self.protocol == "paper" and self.score and self.score_mode != "per_sentence":
+            raise ValueError("protocol paper scores with BooookScore v1, the paper's method: use score_mode per_sentence")
+        return self
 
 
 class SummaryLevel(BaseModel):
@@ -106,6 +155,9 @@ class SummaryTree(BaseModel):
 
 
 class SummarizeResult(AbsentStaysAbsent):
+    """`protocol` says which algorithm ran (see the module doc); `max_summary_len` is present
+    for the paper protocol only."""
+
     model_config = ConfigDict(extra="forbid")
 
     summary: str = Field(description="the final summary")
@@ -126,6 +178,10 @@ class SummarizeResult(AbsentStaysAbsent):
     chunk_size: int
     model: str = Field(description="the summarizing model")
     context_window: int
+    max_summary_len: int | None = Field(
+        None, description="the summaries' token limit (paper protocol only: the reference's max_summary_len)"
+    )
+    protocol: ProtocolRecord
     booookscore: BooookScoreOutcome | BooookScoreSkipped | None = Field(
         None, description="BooookScore of the summary, or why it was skipped (only when params.score was set)"
     )
@@ -144,6 +200,120 @@ async def run(ctx: JobContext, params: SummarizeParams | dict[str, Any]) -> dict
     text = await ctx.load_document(params.document_id)
     if params.strip_gutenberg:
         text = strip_gutenberg(text)
+    if params.protocol == "paper":
+        result = await _run_paper(ctx, params, text)
+    else:
+        result = await _run_controlled(ctx, params, text)
+    if params.score:
+        if ctx.judge is None:
+            result["booookscore"] = {"skipped": "no judge model is configured (JUDGE_ENDPOINTS)"}
+        else:
+            result["booookscore"] = await score_summary(
+                ctx, result["summary"], mode=params.score_mode, key_prefix="booookscore/", protocol=params.protocol
+            )
+    return result
+
+
+async def _run_paper(ctx: JobContext, params: SummarizeParams, text: str) -> dict[str, Any]:
+    # The reference's chunker counts every line joined to the open chunk: a few seconds for
+    # a novel, so off the event loop.
+    chunks = await asyncio.to_thread(reference_chunks, text, params.chunk_size)
+    if not any(c.strip() for c in chunks):
+        raise ValueError(f"document {params.document_id} has no text to summarize")
+    await ctx.llm.count_tokens("")  # learns the server's context window (max_context_len) first
+    summarizer = PaperSummarizer(ctx, chunks, params.chunk_size, params.max_summary_len, params.merge_context)
+    result = await summarizer.run(params.method)
+    target = round(params.max_summary_len * WORD_RATIO)
+    result.update(
+        length_ok=abs(result["word_count"] - target) <= 0.1 * target,
+        method=params.method,
+        target_words=target,
+        chunks=len(chunks),
+        chunk_size=params.chunk_size,
+        model=ctx.llm.model_name,
+        context_window=ctx.llm.context_window,
+    )
+    differs = []
+    if params.max_summary_len != DEFAULT_MAX_SUMMARY_LEN:
+        origin = (
+            f" = target_words {params.target_words} / 0.65"
+            if params.max_summary_len == round(params.target_words / WORD_RATIO) else ""
+        )
+        differs.append(f"max_summary_len: {params.max_summary_len} tokens{origin} (paper: {DEFAULT_MAX_SUMMARY_LEN})")
+    if params.method == "hierarchical" and not params.merge_context:
+        differs.append("merge_context: off, merges without the previous merge (paper: on)")
+    result["protocol"] = protocol_record(ctx, "paper", differs, paper_templates(params.method, result))
+    return result
+
+
+def paper_templates(method: str, result: dict[str, Any]) -> list[str]:
+    """The reference prompt files a paper run used (the merge prompt always: it sizes the budgets)."""
+    nodes = result["tree"]["nodes"]
+    if method == "hierarchical":
+        used = [HIER_INIT, HIER_MERGE]
+        if any(n.get("context") for n in nodes):
+            used.append(HIER_MERGE_CONTEXT)
+        return used
+    used = [INC_INIT]
+    if len(nodes) > 1:
+        used.append(INC_UPDATE)
+    if result["compressions"]:
+        used.append(INC_COMPRESS)
+    return used
+
+
+def controlled_templates(method: str, result: dict[str, Any]) -> list[str]:
+    """The templates a controlled run used (the merge or update one always: it sizes the budgets)."""
+    nodes = result["tree"]["nodes"]
+    used = ["summarize/chunk.j2", "summarize/merge.j2" if method == "hierarchical" else "summarize/update.j2"]
+    if any(n.get("kind") == "compress" for n in nodes):
+        used.append("summarize/compress.j2")
+    if any(n.get("kind") == "revise" for n in nodes):
+        used.append("summarize/revise.j2")
+    return used
+
+
+# How the controlled protocol differs from the reference, knob by knob.
+_CONTROLLED_COMMON = [
+    "paragraphs: blocks between blank lines, joined with a blank line (paper: every non-empty line, joined "
+    "with a newline)",
+    "oversized paragraphs: cut at sentence ends (pysbd), then at spaces, no text lost (paper: cut back to the "
+    "second-to-last . ? ! or quote, then commas)",
+    "length: the final summary is aimed at target_words +-10 % (paper: max_summary_len 900 tokens, an upper "
+    "bound stated in the prompt)",
+    "budgets: 15 % of the context window kept free for the model's tokenizer (paper: the whole window)",
+    "max_tokens: 1.2 x each limit (paper: the limit)",
+    "retries: a seed per call; from the second failed round an over-long answer is cut to its finished "
+    "sentences (paper: re-asked up to 6 times at temperature 1)",
+    "length revisions: up to 6 revise rounds of length_samples parallel samples after the final draft "
+    "(paper: none)",
+    "prompts: Longform's summarize/*.j2 with chunk numbers and a length bound (paper: its own prompt files)",
+]
+_CONTROLLED_HIERARCHICAL = [
+    "top limit: ceil(target_words / 0.65) tokens (paper: max_summary_len 900)",
+    "level limits: round(top x 0.65^k) from the top (paper: int() at each step down)",
+    "merges: the budget must hold two summaries of the level below (else BudgetError), packed by their "
+    "counted sizes (paper: as many as fit by counting the joined text, no such check)",
+    "final merge: the first merge of a level whose inputs all fit next to the top limit (paper: a whole level "
+    "is written at the top limit when all its inputs fit)",
+    "context: the previous merge cut to whole sentences within 20 % of the budget (paper: cut at a token, "
+    "then back to the last full stop)",
+    "final length: the final summary is asked for about target_words, with length_samples samples (paper: "
+    "within max_summary_len x 0.65 words, one call)",
+]
+_CONTROLLED_INCREMENTAL = [
+    "running-summary cap: ceil(target_words / 0.65) tokens (paper: max_summary_len 900)",
+    "updates ask for at most 85 % of the cap in words, the last one about target_words (paper: no length "
+    "in the update prompt)",
+    "first summary: checked and re-asked up to 6 times (paper: not checked)",
+    "compression target: max(target x j / N x (1 - 0.05 a), target / 4) words (paper: int(0.65 x 900 x j / N) "
+    "x (1 - 0.05 a))",
+    "compression choice: the smallest relative word error, valid redone updates first (paper: the compressed "
+    "word count closest to the first target)",
+]
+
+
+async def _run_controlled(ctx: JobContext, params: SummarizeParams, text: str) -> dict[str, Any]:
     # Chunking a whole book takes a few tenths of a second: keep the event loop free.
     chunks = await asyncio.to_thread(counted_chunks, text, params.chunk_size)
     if not chunks:
@@ -163,13 +333,12 @@ async def run(ctx: JobContext, params: SummarizeParams | dict[str, Any]) -> dict
         model=ctx.llm.model_name,
         context_window=ctx.llm.context_window,
     )
-    if params.score:
-        if ctx.judge is None:
-            result["booookscore"] = {"skipped": "no judge model is configured (JUDGE_ENDPOINTS)"}
-        else:
-            result["booookscore"] = await score_summary(
-                ctx, result["summary"], mode=params.score_mode, key_prefix="booookscore/"
-            )
+    differs = _CONTROLLED_COMMON + (
+        _CONTROLLED_HIERARCHICAL if params.method == "hierarchical" else _CONTROLLED_INCREMENTAL
+    )
+    if params.method == "hierarchical" and not params.merge_context:
+        differs = differs + ["merge_context: off, merges without the previous merge (paper: on)"]
+    result["protocol"] = protocol_record(ctx, "controlled", differs, controlled_templates(params.method, result))
     return result
 
 
@@ -179,7 +348,7 @@ KIND = JobKind(
     params=SummarizeParams,
     result=SummarizeResult,
     run=run,
-    version=1,
+    version=2,
     view=ResultView(text="summary", tree="tree"),
     scores=result_scores,
 )

@@ -38,18 +38,19 @@ LABEL_TOKENS = 10  # 'Summary 12:\n"""\n...\n"""' around each merged input
 JOIN_SLACK_TOKENS = 8  # a text inside a template may count a few tokens more than apart
 
 
-def _template_tokens(template: str, **variables: Any) -> int:
+def _template_tokens(template: str, overlay: Any = None, **variables: Any) -> int:
     import prompts
 
-    return count_tokens(prompts.render(template, **variables).text)
+    return count_tokens(prompts.render(template, overlay=overlay, **variables).text)
 
 
-def chunk_template_tokens() -> int:
-    return _template_tokens("summarize/chunk.j2", text="", index=999, total=999, bound="at most", words=9999)
+def chunk_template_tokens(overlay: Any = None) -> int:
+    """Tokens of the chunk prompt without its text (under the job's prompt overlay, if any)."""
+    return _template_tokens("summarize/chunk.j2", overlay, text="", index=999, total=999, bound="at most", words=9999)
 
 
-def merge_template_tokens() -> int:
-    return _template_tokens("summarize/merge.j2", context="x", summaries=[], bound="at most", words=9999)
+def merge_template_tokens(overlay: Any = None) -> int:
+    return _template_tokens("summarize/merge.j2", overlay, context="x", summaries=[], bound="at most", words=9999)
 
 
 class _Stream:
@@ -80,7 +81,7 @@ class HierarchicalSummarizer:
         self.ctx = ctx
         self.chunks = [c.text for c in chunks]
         self.chunk_tokens = [c.tokens for c in chunks]
-        self.chunk_template_tokens = chunk_template_tokens()
+        self.chunk_template_tokens = chunk_template_tokens(ctx.prompt_overlay)
         self.target = target_words
         self.merge_context = merge_context
         self.length_samples = length_samples
@@ -90,7 +91,7 @@ class HierarchicalSummarizer:
             max(c.tokens for c in chunks),
             target_words,
             self.chunk_template_tokens,
-            merge_template_tokens(),
+            merge_template_tokens(ctx.prompt_overlay),
         )
         self.nodes: dict[str, dict[str, Any]] = {}  # tree nodes by id
         self.level_groups: dict[int, int] = {}  # merges per level

@@ -42,9 +42,9 @@ COMPRESS_FLOOR = 0.25  # ... and is never asked below this share of target_words
 UPDATE_HEADROOM = 0.85  # updates ask for this share of the cap: models overshoot word limits
 
 
-def update_template_tokens() -> int:
+def update_template_tokens(overlay: prompts.Overlay | None = None) -> int:
     text = prompts.render(
-        "summarize/update.j2", summary="", text="", index=999, total=999, bound="at most", words=9999
+        "summarize/update.j2", overlay=overlay, summary="", text="", index=999, total=999, bound="at most", words=9999
     ).text
     return count_tokens(text)
 
@@ -56,7 +56,7 @@ class IncrementalSummarizer:
         self.chunks = [c.text for c in chunks]
         self.target = target_words
         self.plan = B.plan_incremental(
-            ctx.llm.context_window, max(c.tokens for c in chunks), target_words, update_template_tokens()
+            ctx.llm.context_window, max(c.tokens for c in chunks), target_words, update_template_tokens(ctx.prompt_overlay)
         )
         self.nodes: dict[str, dict[str, Any]] = {}
         self.calls = 0
