@@ -597,7 +597,10 @@ async def score_quality(ctx: JobContext, params: WriteParams, text: str) -> dict
     judge = ctx.judge
 
     async def call() -> dict[str, Any]:
-        return await judge_quality(judge, params.instruction, text, render=ctx.render)
+        prompt = None
+        if params.protocol == "paper":
+            prompt = ctx.render_text(paper.JUDGE_TEMPLATE, lambda t: paper.fill(t, INST=params.instruction, RESPONSE=text))
+        return await judge_quality(judge, params.instruction, text, render=ctx.render, prompt=prompt)
 
     return await ctx.step("judge", call)
 
@@ -686,7 +689,7 @@ def templates_used(params: WriteParams, language: str, plan: list[dict[str, Any]
     else:
         used = ([TEMPLATES[language]["plan"]] if len(plan) > 1 else []) + [TEMPLATES[language]["section"]]
     if scores["quality_status"] in ("scored", "missing"):
-        used.append(JUDGE_TEMPLATE)
+        used.append(paper.JUDGE_TEMPLATE if params.protocol == "paper" else JUDGE_TEMPLATE)
     return used
 
 

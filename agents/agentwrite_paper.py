@@ -14,8 +14,10 @@ context leaves, and a prompt that no longer fits fails with that reason); "Parag
 labels are removed (the paper's post-processing).
 
 Prompts: `longwriter/plan.txt` and `longwriter/write.txt`, filled as the reference fills
-its `plan.txt` and `write.txt` ($INST$, $PLAN$, $TEXT$, $STEP$ replaced), so the original
-files work when overlaid (PROMPTS_DIR); the bundled ones are Longform's own wording.
+its `plan.txt` and `write.txt` ($INST$, $PLAN$, $TEXT$, $STEP$ replaced), and the S_q judge's
+`longwriter/judge.txt` (its evaluation's `judge.txt`: $INST$, $RESPONSE$; temperature 0.5,
+max_tokens 1024, the verdict still schema-constrained), so the original files work when
+overlaid (PROMPTS_DIR); the bundled ones are Longform's own wording.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 PLAN_TEMPLATE = "longwriter/plan.txt"
 WRITE_TEMPLATE = "longwriter/write.txt"
+JUDGE_TEMPLATE = "longwriter/judge.txt"  # LongBench-Write's judge.txt ($INST$, $RESPONSE$)
 TEMPERATURE = 1.0  # the reference's AgentWrite calls
 SINGLE_TEMPERATURE = 0.5  # LongBench-Write's evaluation setting
 TOP_P = 1.0

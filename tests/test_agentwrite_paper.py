@@ -141,3 +141,17 @@ async def test_paper_agentwrite_through_the_fake_server(fake_llm_factory):
         assert result["word_count"] > 0 and result["protocol"]["name"] == "paper"
     finally:
         await pool.aclose()
+
+
+async def test_paper_judges_with_the_reference_judge_file():
+    from tests.test_agentwrite import VERDICT, ScriptedWriter
+
+    judge = ScriptedWriter(verdict=VERDICT)
+    ctx = JobContext(PaperWriter(), store=MemoryStepStore(), settings=Settings(max_target_words=50_000), judge=judge)
+    result = await agentwrite.run(ctx, WriteParams(instruction="Write a short poem about rain.", protocol="paper",
+                                                   method="single"))
+    assert result["scores"]["quality_status"] == "scored"
+    assert "<User Request>\nWrite a short poem about rain.\n</User Request>" in judge.prompts[0]
+    assert judge.options[0].temperature == 0.5 and judge.options[0].max_tokens == 1024
+    assert result["protocol"]["prompts"] == {"longwriter/judge.txt": "bundled"}
+    assert result["protocol"]["comparable_to_paper"] is False

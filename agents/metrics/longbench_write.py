@@ -135,6 +135,7 @@ async def judge_quality(
     render: Callable[..., str] | None = None,
     options: GenOptions | None = None,
     attempts: int = JUDGE_ATTEMPTS,
+    prompt: str | None = None,
 ) -> dict[str, Any]:
     """Ask the judge for a verdict. Always returns a JSON-serializable record:
 
@@ -146,7 +147,8 @@ async def judge_quality(
     """
     from agents.llm.structured import chat_json
 
-    messages = judge_messages(instruction, response, render)
+    # `prompt`: a judge prompt already filled (the paper protocol's own prompt file).
+    messages = [{"role": "user", "content": prompt}] if prompt is not None else judge_messages(instruction, response, render)
     options = options or GenOptions(**JUDGE_OPTIONS)
     options.json_schema = JUDGE_SCHEMA
     prompt_tokens = await client.count_tokens(messages[0]["content"])  # also learns the judge's window
