@@ -31,6 +31,8 @@ from agents import agentwrite_paper as paper
 from agents.context import JobContext
 from agents.kinds import JobKind, ResultView, Score
 from agents.length_target import parse_target_words, with_stated_length
+# The cutting tools live in the length controller (the one copy); AgentWrite uses them from there.
+from agents.length_control import cut_to_sentence_end, split_paragraphs, trim_to_budget  # noqa: F401
 from agents.llm.tokens import count_message_tokens, output_room
 from agents.llm.types import GenOptions, LLMBadRequest, LLMError, StructuredOutputError
 from agents.metrics.longbench_write import (
@@ -364,7 +366,6 @@ _LABEL = re.compile(
     re.I,
 )
 _PLAN_ECHO = re.compile(r"\b(?:main point|word count)\s*:|字数\s*[:：]", re.I)
-_SENTENCE_END = re.compile(r"[.!?。！？…][\"'”’)）」』]*(?=\s|$)|[。！？][\"'”’)）」』]*")
 
 
 def strip_labels(text: str) -> str:
@@ -378,38 +379,6 @@ def strip_labels(text: str) -> str:
         if not first.strip(" #*"):
             lines = lines[1:]
     return "\n".join(lines).strip()
-
-
-def cut_to_sentence_end(text: str) -> str:
-    """`text` up to its last complete sentence (for output cut off at max_tokens)."""
-    ends = list(_SENTENCE_END.finditer(text))
-    if not ends:
-        return text.rstrip()
-    return text[:ends[-1].end()].rstrip()
-
-
-def split_paragraphs(text: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-
-
-def trim_to_budget(text: str, budget: int) -> str:
-    """Cut at the paragraph boundary whose running word count is closest to `budget` (at
-    least one paragraph); when that is still more than 25% off, at the closest sentence end."""
-    paragraphs = split_paragraphs(text)
-    best, best_gap, running = 1, None, 0
-    for k, p in enumerate(paragraphs, 1):
-        running += count_words(p)
-        gap = abs(running - budget)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = k, gap
-    cut = "\n\n".join(paragraphs[:best])
-    if best_gap is None or best_gap <= 0.25 * budget:
-        return cut or text
-    ends = [m.end() for m in _SENTENCE_END.finditer(cut)]
-    if not ends:
-        return cut
-    end = min(ends, key=lambda e: abs(count_words(cut[:e]) - budget))
-    return cut[:end].rstrip() if abs(count_words(cut[:end]) - budget) < best_gap else cut
 
 
 # -- writing -----------------------------------------------------------------------------------

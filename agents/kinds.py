@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "longform.kinds"
 BUILTIN_KINDS = {
     "chat": "agents.chat:KIND",
     "write": "agents.agentwrite:KIND",
+    "lengthen": "agents.selflengthen:KIND",
     "summarize": "agents.summarize:KIND",
     "booookscore": "agents.booookscore:KIND",
     "dataset": "agents.dataset_kind:KIND",

@@ -1,12 +1,18 @@
 """Text measures shared by every method: word counts, language, tokens.
 
-Two word counts live here, and each metric says which it uses:
+Three word counts live here, and each metric says which it uses:
 - `count_words` (the default, LongWriter-compatible): CJK ideographs U+4E00..U+9FFF count one
   each, plus runs of ASCII letters between Unicode word boundaries. Used by LongBench-Write
   S_l, AgentWrite budgets, dataset gates and summary length targets. Its quirks are kept on
   purpose for score parity: digits count 0, "don't" is 2, accented words ("café") count 0,
   English glued to Chinese without a space is not counted.
 - `count_word_runs`: runs of `\\w+` (Unicode). Used by Ruler's PM/FM scores.
+- `count_words_selflengthen`: Self-Lengthen's count (every script of its reference code):
+  each CJK ideograph (U+4E00..9FFF), CJK punctuation mark (U+3000..303F) or full-width form
+  (U+FF00..FFEF) is one word, plus the whitespace-separated tokens once those are replaced
+  by spaces, so "v3.14!", "-" and Markdown's "##" count. Used by LonGen's length-following
+  score (`agents.metrics.longen`). On the same text it can differ from `count_words` a lot
+  (Chinese punctuation counts; digits and "don't" count once).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from functools import lru_cache
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _ASCII_WORD = re.compile(r"\b[a-zA-Z]+\b")
 _WORD_RUN = re.compile(r"\w+")
+_SELFLENGTHEN_CJK = re.compile(r"[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
 
 
 def count_words(text: str) -> int:
@@ -26,6 +33,13 @@ def count_words(text: str) -> int:
 def count_word_runs(text: str) -> int:
     """Ruler's count: Unicode `\\w+` runs."""
     return len(_WORD_RUN.findall(text))
+
+
+def count_words_selflengthen(text: str) -> int:
+    """Self-Lengthen's count, used by LonGen (see module doc): CJK characters, CJK punctuation
+    and full-width forms one each, plus whitespace tokens of the rest.
+    "Don't stop - it's state-of-the-art, v3.14!" is 6; "我们今天学习。Hello world，你好！" is 13."""
+    return len(_SELFLENGTHEN_CJK.findall(text)) + len(_SELFLENGTHEN_CJK.sub(" ", text).split())
 
 
 def detect_language(text: str) -> str:

@@ -3,6 +3,10 @@
 Routes: /v1/chat/completions, /v1/completions (both streaming or not), /v1/models, /tokenize,
 /detokenize, /health, /version, /metrics; for tests: /admin/config, /admin/stats,
 /admin/requests, /admin/reset.
+
+A chat request with vLLM's `continue_final_message: true` (and `add_generation_prompt: false`)
+continues the last, assistant, message: the reply is the continuation only (see
+`engine.generate`).
 """
 from __future__ import annotations
 
@@ -187,12 +191,22 @@ class FakeLLM:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("messages must be a non-empty list of message objects")
-        tokens = engine.chat_prompt_tokens(messages)
+        # vLLM's continue_final_message: the last (assistant) message is the start of the
+        # answer, continued without a new turn; vLLM's own checks on the two flags.
+        add_generation_prompt = bool(body.get("add_generation_prompt", True))
+        prefix = ""
+        if body.get("continue_final_message"):
+            if add_generation_prompt:
+                raise BadRequest("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+            if messages[-1].get("role") != "assistant":
+                raise BadRequest("continue_final_message needs the last message to be from the assistant")
+            prefix = engine.message_text(messages[-1].get("content"))
+        tokens = engine.chat_prompt_tokens(messages, add_generation_prompt)
         texts = [(m.get("role", "user"), engine.message_text(m.get("content"))) for m in messages]
         user_texts = [t for role, t in texts if role == "user"]
         instruction = user_texts[-1] if user_texts else texts[-1][1]
         material = "\x00".join(f"{role}\x01{t}" for role, t in texts)
-        return GenRequest(prompt_tokens=tokens, instruction=instruction, seed_material=material,
+        return GenRequest(prompt_tokens=tokens, instruction=instruction, seed_material=material, prefix=prefix,
                           faults=frozenset(faults), malformed_variant=variant, **self._common(body, tokens))
 
     def _completion_request(self, body: dict[str, Any], faults: set[str], variant: str | None):

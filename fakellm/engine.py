@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -46,6 +47,7 @@ class GenRequest:
     request_seed: int | None = None
     faults: frozenset[str] = frozenset()
     malformed_variant: str | None = None
+    prefix: str = ""  # continue_final_message: the start of the answer, already written
 
 
 @dataclass
@@ -123,6 +125,8 @@ def generate(cfg: FakeConfig, req: GenRequest) -> GenResult:
             applied.append("malformed_json")
     else:
         text = _prose(rng.getrandbits(64), lang, topics, words, req)
+        if req.prefix:
+            text = continuation_joint(req.prefix, lang) + text
 
     finish, stop_reason = "stop", None
     if req.stop:
@@ -139,6 +143,21 @@ def generate(cfg: FakeConfig, req: GenRequest) -> GenResult:
         applied.append("truncate")
     return GenResult(text=text, finish_reason=finish, completion_tokens=len(tokens),
                      stop_reason=stop_reason, faults_applied=applied)
+
+
+_FINISHED = re.compile(r"[.!?。！？…][\"'”’)）」』]*$")
+
+
+def continuation_joint(prefix: str, lang: str) -> str:
+    """What comes between an answer's given start and the text the fake writes after it: a
+    new paragraph after a finished sentence, else the space that goes on with the sentence.
+    The continuation's length follows the same rule as any answer (what the user turn asks
+    for, capped by the natural length): the fake does not model how a prefill changes it."""
+    if not prefix or prefix[-1].isspace():
+        return ""
+    if _FINISHED.search(prefix):
+        return "\n\n"
+    return "" if lang == "zh" else " "
 
 
 def _prose(seed: int, lang: str, topics: list[str], words: int, req: GenRequest) -> str:
