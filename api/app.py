@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from agents.settings import Settings
 from api.auth import auth_required
 from api.routes import datasets, documents, jobs, ops
+from api.served_models import ServedModels
 from api.state import AppState
 from db.schema import ensure_current
 from db.session import Database
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     if run_worker is None:
         run_worker = settings.embedded_mode and not settings.longform_no_worker
     state = AppState(settings=settings, db=db, auth_required=auth_required(settings))
+    state.served_models = ServedModels(state.model_endpoints, settings.llm_api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -7,6 +7,7 @@ from typing import Any, Callable
 from fastapi import Request
 
 from agents.settings import Settings
+from api.served_models import ServedModels
 from db.session import Database
 
 
@@ -18,8 +19,17 @@ class AppState:
     notify_worker: Callable[[], None] = field(default=lambda: None)
     # The embedded model process's state, when this process's worker runs one.
     model_status: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
+    served_models: ServedModels | None = None  # the model names a job's params may ask for
 
     _send_task: Callable[[str, int], None] | None = None
+
+    def model_endpoints(self) -> list[str]:
+        """The model servers jobs use: LLM_ENDPOINTS, else this process's embedded model."""
+        configured = self.settings.endpoint_list
+        if configured:
+            return configured
+        status = self.model_status() or {}
+        return [status["endpoint"]] if status.get("endpoint") else []
 
     def enqueue(self, job_id: str, priority: int) -> None:
         """Make a queued job runnable: a Celery task to this app's broker in production, a

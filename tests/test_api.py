@@ -79,6 +79,11 @@ def test_idempotency_key_returns_the_existing_job(api):
         ({"kind": "chat", "params": {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}}, 422, "max_tokens"),
         ({"kind": "chat", "params": {"messages": []}}, 422, "messages"),
         ({"params": {}}, 422, "kind"),
+        ({"kind": "chat", "params": {"messages": [{"role": "user", "content": "x"}], "model": "nope"}}, 422,
+         "params.model: no model server serves 'nope'"),
+        ({"kind": "lengthen", "params": {"instruction": "Write.", "extender_model": "ext_sft"}}, 422,
+         "params.extender_model: no model server serves 'ext_sft'"),
+        ({"kind": "lengthen", "params": {"instruction": "  "}}, 422, "instruction"),
     ],
 )
 def test_bad_job_requests_get_a_clear_4xx_and_store_nothing(api, settings, payload, status, message):
@@ -192,3 +197,10 @@ def test_a_listing_offset_too_large_for_the_database_is_a_422(api):
         response = api.get(path, params={"offset": huge})
         assert response.status_code == 422 and "offset" in response.json()["detail"], response.text
         assert api.get(path, params={"offset": 2**31 - 1}).status_code == 200
+
+
+def test_a_model_the_server_lists_is_accepted(api, fake_llm):
+    served = api.get(f"{fake_llm.base_url}/models").json()["data"][0]["id"]
+    response = api.post("/v1/jobs", json={"kind": "chat", "params": {
+        "messages": [{"role": "user", "content": "Hello"}], "model": served}})
+    assert response.status_code == 202, response.text

@@ -17,6 +17,7 @@ from api.auth import Principal, principal
 from api.schemas import Job as JobOut
 from api.schemas import JobList, KindList, StepList
 from api.serialize import job_json, step_json
+from api.served_models import UnservedModel
 from api.state import AppState, get_state
 from db import repo
 from db.models import Job
@@ -55,6 +56,11 @@ def submit_job(
         raise HTTPException(400, str(exc)) from None
     except InvalidParams as exc:
         raise HTTPException(422, str(exc)) from None
+    if state.served_models is not None:
+        try:
+            state.served_models.check(model)
+        except UnservedModel as exc:
+            raise HTTPException(422, str(exc)) from None
     check_prompt_set(state, prompt_set)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise HTTPException(400, "Idempotency-Key must be 1 to 200 characters")
