@@ -20,6 +20,9 @@ dimension (mean - 1) * 25), with missing verdicts counted; the answers the judge
 rate are also listed per method and length bin with their reasons ("unjudged"), so none
 drops out of S_q unseen. Length bins follow the paper: [0,500), [500,2k), [2k,4k), [4k,20k]
 (longer requirements fall in the last bin).
+
+The benchmark-neutral parts (`run_arms`, `local_job_runner`, `text_table`, `plot_panels`,
+`summary_by_method`) are shared with the other benchmarks (`agents.longen`).
 """
 from __future__ import annotations
 
@@ -219,6 +222,37 @@ def build_report(
     return report
 
 
+async def run_arms(
+    items: list[Any],
+    run_item: Callable[[Any, str, str], Awaitable[dict[str, Any]]],
+    methods: Iterable[str],
+    protocols: Iterable[str],
+    *,
+    outcome: Callable[[Any, str, dict[str, Any], str], dict[str, Any]],
+    failed: Callable[[Any, str, str, str], dict[str, Any]],
+    concurrency: int = 16,
+    on_outcome: Callable[[dict[str, Any]], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every item with every method under every protocol (at most `concurrency` at once);
+    the rows, one per run: `outcome(item, method, result, protocol)`, or `failed(item, method,
+    error, protocol)` for a run that raised an Exception (cancellation and other
+    BaseExceptions propagate). Shared by every benchmark's runner."""
+    methods, protocols = list(methods), list(protocols)
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(item: Any, method: str, protocol: str) -> dict[str, Any]:
+        async with limit:
+            try:
+                row = outcome(item, method, await run_item(item, method, protocol), protocol)
+            except Exception as exc:  # noqa: BLE001 - one failed item must not sink the evaluation
+                row = failed(item, method, f"{type(exc).__name__}: {exc}", protocol)
+        if on_outcome is not None:
+            on_outcome(row)
+        return row
+
+    return list(await asyncio.gather(*(one(item, m, p) for m in methods for p in protocols for item in items)))
+
+
 async def run_prompt_set(
     items: list[EvalItem],
     run_item: Callable[[EvalItem, str, str], Awaitable[dict[str, Any]]],
@@ -233,19 +267,8 @@ async def run_prompt_set(
     and build the report. `given_length` is only recorded here: `run_item` decides what the
     job gets. An item whose run raises is recorded as failed (S_l 0); cancellation propagates."""
     methods, protocols = list(methods), list(protocols)
-    limit = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(item: EvalItem, method: str, protocol: str) -> dict[str, Any]:
-        async with limit:
-            try:
-                outcome = outcome_from_result(item, method, await run_item(item, method, protocol), protocol)
-            except Exception as exc:  # noqa: BLE001 - one failed item must not sink the evaluation
-                outcome = failed_outcome(item, method, f"{type(exc).__name__}: {exc}", protocol)
-        if on_outcome is not None:
-            on_outcome(outcome)
-        return outcome
-
-    outcomes = await asyncio.gather(*(one(item, m, p) for m in methods for p in protocols for item in items))
+    outcomes = await run_arms(items, run_item, methods, protocols, outcome=outcome_from_result, failed=failed_outcome,
+                              concurrency=concurrency, on_outcome=on_outcome)
     return build_report(outcomes, methods, protocols, given_length)
 
 
@@ -269,14 +292,35 @@ def local_runner(
     """A `run_item` that runs write jobs in this process with in-memory steps (tests,
     notebooks, an offline CLI); see `job_params` for what each job gets. The shared
     `write_params` (temperature, models, judge, ...) apply to every item."""
-    from agents import agentwrite
-    from agents.context import JobContext, MemoryStepStore
+    return local_job_runner(
+        llm, judge=judge, settings=settings,
+        job_for=lambda item, method, protocol: ("write", job_params(item, method, protocol, given_length, write_params)),
+    )
 
-    async def run_item(item: EvalItem, method: str, protocol: str) -> dict[str, Any]:
-        params = agentwrite.WriteParams(**job_params(item, method, protocol, given_length, write_params))
-        ctx = JobContext(llm, store=MemoryStepStore(), settings=settings, judge=judge,
+
+def local_job_runner(
+    llm,
+    *,
+    job_for: Callable[[Any, str, str], tuple[str, dict[str, Any]]],
+    judge=None,
+    settings: Settings | None = None,
+) -> Callable[[Any, str, str], Awaitable[dict[str, Any]]]:
+    """A `run_item` that runs jobs of any kind in this process with in-memory steps:
+    `job_for(item, method, protocol)` gives the (kind, params) of a run; the params are
+    validated and the result checked by the kind, as the worker does, and the result comes
+    back as the API would return it."""
+    from agents.context import JobContext, MemoryStepStore
+    from agents.kinds import get_kind, validate_params
+
+    settings = settings or Settings()
+
+    async def run_item(item: Any, method: str, protocol: str) -> dict[str, Any]:
+        kind_name, params = job_for(item, method, protocol)
+        kind = get_kind(kind_name)
+        model = validate_params(kind_name, params, settings)
+        ctx = JobContext(llm, store=MemoryStepStore(), settings=settings, judge=judge, kind_version=kind.version,
                          job_id=f"eval-{method}-{protocol}-{item.index}")
-        return await agentwrite.run(ctx, params)
+        return kind.validate_result(await kind.run(ctx, model)).model_dump(mode="json")
 
     return run_item
 
@@ -285,7 +329,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned plain-text columns: the first left-aligned, the others right-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [header, *rows]]
@@ -310,7 +355,7 @@ def render_table(report: dict[str, Any]) -> str:
         rows.append(row)
     lengths = "annotated length given as target_words" if report.get("given_length") else "prompt text only"
     out.append(f"LongBench-Write: overall (arms are method/protocol; the model got: {lengths})\n"
-               + _table(header, rows))
+               + text_table(header, rows))
     unjudged = [f"  {m} {b}: {u['count']} ({', '.join(f'{why}: {n}' for why, n in u['reasons'].items())})"
                 for m in methods for b, u in per[m].get("unjudged", {}).items()]
     if unjudged:
@@ -321,12 +366,12 @@ def render_table(report: dict[str, Any]) -> str:
         header = ["length bin", "n"] + methods
         rows = [[b, str(per[methods[0]]["by_length"][b]["n"])] + [_fmt(per[m]["by_length"][b][metric]) for m in methods]
                 for b in report["bins"]]
-        out.append(f"{metric} by required length\n" + _table(header, rows))
+        out.append(f"{metric} by required length\n" + text_table(header, rows))
         types = sorted({t for m in methods for t in per[m]["by_type"]})
         header = ["type", "n"] + methods
         rows = [[t, str(max(per[m]["by_type"].get(t, {"n": 0})["n"] for m in methods))]
                 + [_fmt(per[m]["by_type"].get(t, {}).get(metric)) for m in methods] for t in types]
-        out.append(f"{metric} by type\n" + _table(header, rows))
+        out.append(f"{metric} by type\n" + text_table(header, rows))
     return "\n\n".join(out)
 
 
@@ -336,20 +381,29 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     A method's own keys hold the figures of its main protocol (controlled when it ran, else
     the first that did), named by "protocol"; every other protocol's figures nest under its
     name."""
+    def figures(o: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"S_l": None if o["S_l"] is None else round(o["S_l"], 2)}
+        if o["judged"]:
+            out["S_q"] = None if o["S_q"] is None else round(o["S_q"], 2)
+            out["S"] = None if o["S"] is None else round(o["S"], 2)
+        return out
+
+    return summary_by_method(report, figures)
+
+
+def summary_by_method(report: dict[str, Any], figures: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{method: {"protocol": main, **figures(main arm's overall), other_protocol: figures(..)}}
+    over a report's arms ("methods": {label: {"method", "protocol", "overall"}}): the main
+    protocol is controlled when it ran, else the first of report["protocols"]."""
     protocols = report["protocols"]
     main = "controlled" if "controlled" in protocols else protocols[0]
     out: dict[str, dict[str, Any]] = {}
     for parts in report["methods"].values():
-        o = parts["overall"]
-        figures: dict[str, Any] = {"S_l": None if o["S_l"] is None else round(o["S_l"], 2)}
-        if o["judged"]:
-            figures["S_q"] = None if o["S_q"] is None else round(o["S_q"], 2)
-            figures["S"] = None if o["S"] is None else round(o["S"], 2)
         entry = out.setdefault(parts["method"], {})
         if parts["protocol"] == main:
-            entry.update({"protocol": main, **figures})
+            entry.update({"protocol": main, **figures(parts["overall"])})
         else:
-            entry[parts["protocol"]] = figures
+            entry[parts["protocol"]] = figures(parts["overall"])
     return out
 
 
@@ -361,14 +415,6 @@ def summary_line(report: dict[str, Any]) -> str:
 def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     """Grouped bars per method: S_l (and S_q when judged) overall and by length bin, and S_l
     by type. The format follows the suffix: .png or .svg."""
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg"):
-        raise ValueError(f"plot file must end in .png or .svg, got {path.name!r}")
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; also safe in worker threads
-    import matplotlib.pyplot as plt
-
     methods = list(report["methods"])
     per = report["methods"]
     judged = any(per[m]["overall"]["judged"] for m in methods)
@@ -383,8 +429,29 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
         panels.append(("S_q by required length", bins, by_bin("S_q")))
     types = sorted({t for m in methods for t in per[m]["by_type"]})
     panels.append(("S_l by type", types, lambda m, t: per[m]["by_type"].get(t, {}).get("S_l")))
+    return plot_panels(path, panels, methods)
 
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(types) + 3), 3.6 * len(panels)))
+
+def plot_panels(
+    path: str | Path,
+    panels: list[tuple[str, list[str], Callable[[str, str], float | None]]],
+    methods: list[str],
+    *,
+    ymax: float = 110,
+    fmt: Callable[[float | None], str] = _fmt,
+) -> Path:
+    """One bar chart per panel (title, groups, value(method, group)), a bar per method in each
+    group, labelled with `fmt`. The format follows the suffix: .png or .svg."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"plot file must end in .png or .svg, got {path.name!r}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe in worker threads
+    import matplotlib.pyplot as plt
+
+    widest = max((len(groups) for _, groups, _ in panels), default=1)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * widest + 3), 3.6 * len(panels)))
     axes = list(axes) if len(panels) > 1 else [axes]
     width = 0.8 / max(1, len(methods))
     for ax, (title, groups, value) in zip(axes, panels):
@@ -392,9 +459,9 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
             xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
             ys = [value(m, g) or 0.0 for g in groups]
             bars = ax.bar(xs, ys, width, label=m)
-            ax.bar_label(bars, labels=[_fmt(value(m, g)) for g in groups], fontsize=7, padding=1)
+            ax.bar_label(bars, labels=[fmt(value(m, g)) for g in groups], fontsize=7, padding=1)
         ax.set_title(title)
-        ax.set_ylim(0, 110)
+        ax.set_ylim(0, ymax)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([g if len(g) <= 18 else g[:17] + "…" for g in groups], rotation=20 if len(groups) > 5 else 0,
                            ha="right" if len(groups) > 5 else "center", fontsize=8)
@@ -409,5 +476,6 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
 __all__ = [
     "EvalItem", "PromptSetError", "LENGTH_BINS", "DEFAULT_METHODS", "QUALITY_DIMENSIONS", "load_prompt_set",
     "length_bin", "local_runner", "outcome_from_result", "failed_outcome", "build_report", "run_prompt_set", "render_table",
-    "summary", "summary_line", "write_plot",
+    "summary", "summary_line", "write_plot", "run_arms", "local_job_runner", "text_table", "summary_by_method",
+    "plot_panels",
 ]

@@ -140,6 +140,43 @@ def _parse_english_number(text: str) -> int | None:
     return (total + current) or None
 
 
+_SCALES = {"k": 1000, "K": 1000, "百": 100, "千": 1000, "万": 10000}
+_EN_NUMBER_WORD = "|".join(sorted((*_EN_SMALL, *_EN_SCALE), key=len, reverse=True))
+# One number: Arabic with an optional scale ("2,000", "2.5k", "1.5万"), a Chinese numeral
+# ("两千五百") or a run of English number words ("two thousand five hundred").
+_ANY_NUMBER = re.compile(
+    rf"(?<![\d.,])(?P<arabic>{_ARABIC})(?:\s*(?P<scale>[kK](?![a-zA-Z])|[千万]))?"
+    rf"|(?P<zh>[{_ZH_NUM_CHARS}]+)"
+    rf"|\b(?P<en>(?:{_EN_NUMBER_WORD})(?:[\s-]+(?:and[\s-]+)?(?:{_EN_NUMBER_WORD}))*)\b",
+    re.I,
+)
+
+
+def find_numbers(text: str) -> list[int]:
+    """Every number in `text`, in order: Arabic ("2000", "2,000", "2.5k", "1.5万"), Chinese
+    ("四千", "两千五百") or English ("two thousand"). In a range the second number's scale
+    carries over to a bare first one: "2-4k" is 2000 and 4000, "两至四千" 2000 and 4000."""
+    found: list[tuple[int, int | None, re.Match]] = []  # (value, scale of its last unit, match)
+    for m in _ANY_NUMBER.finditer(text):
+        value = parse_number(m.group(0))
+        if not value:
+            continue  # "a", "an": not a number on their own
+        if m.group("arabic"):
+            scale = _SCALES.get(m.group("scale") or "")
+        elif m.group("zh"):
+            scale = _SCALES.get(m.group("zh")[-1]) if len(m.group("zh")) > 1 else None
+        else:
+            scale = None
+        found.append((value, scale, m))
+    numbers = [value for value, _, _ in found]
+    for i in range(1, len(found)):
+        (first, first_scale, a), (second, scale, b) = found[i - 1], found[i]
+        if (scale and not first_scale and first * scale <= second
+                and re.fullmatch(_RANGE_SEP, text[a.end():b.start()], re.I)):
+            numbers[i - 1] = first * scale
+    return numbers
+
+
 def _multiplier_before(text: str, pos: int, cls: str | None) -> int | None:
     """The item count a per-item length ("每篇400字") refers to: the nearest "五篇" before it."""
     counts = list(_ZH_COUNT.finditer(text, 0, pos))

@@ -1,4 +1,4 @@
-"""Batch commands: `longform eval longbench-write` and `longform dataset build|export`.
+"""Batch commands: `longform eval longbench-write|longen` and `longform dataset build|export`.
 
 Both run real jobs through the REST API (so they use the server's workers, model pool and
 checkpoints); `eval --local` instead runs the agents in this process on the configured model.
@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import click
 
@@ -72,35 +72,58 @@ def longbench_write(ctx, prompt_file, methods, protocols, given_length, bins, pe
     methods = list(methods) or list(evaluation.DEFAULT_METHODS)
     protocols = parse_protocols(protocols)
     write_params = parse_params(None, None, pairs)
-    run_item = _local_runner(write_params, given_length) if local else _api_runner(ctx, write_params, given_length)
-    done = {"n": 0}
+    if local:
+        run_item = _local_runner(write_params, given_length)
+    else:
+        run_item = _api_runner(ctx, lambda item, method, protocol: (
+            "write", evaluation.job_params(item, method, protocol, given_length, write_params)))
     total = len(items) * len(methods) * len(protocols)
+
+    def progress(outcome: dict[str, Any]) -> str:
+        arm = evaluation.arm_label(outcome["method"], outcome["protocol"])
+        return (f"{arm:21s} #{outcome['index']:<3d} "
+                f"S_l={outcome.get('S_l') if outcome.get('S_l') is None else round(outcome['S_l'], 1)} "
+                f"words={outcome.get('word_count')}/{outcome.get('length')} {outcome.get('status', '')}")
+
+    started = time.monotonic()
+    report = run_eval(lambda on_outcome: evaluation.run_prompt_set(
+        items, run_item, methods, protocols=protocols, given_length=given_length,
+        concurrency=concurrency, on_outcome=on_outcome,
+    ), total, progress)
+    write_eval_outputs(out_dir, report, evaluation.render_table(report), evaluation.write_plot,
+                       evaluation.summary_line(report), f"{total} runs in {time.monotonic() - started:.0f} s")
+
+
+def run_eval(start: Callable[[Callable[[dict[str, Any]], None]], Awaitable[dict[str, Any]]], total: int,
+             progress: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Run an evaluation (`start(on_outcome)`, a coroutine giving the report) with a progress
+    line "[k/total] ..." per finished run on stderr; when the API stops answering, say how
+    far it got and end with ApiUnreachable (exit 2) instead of failing every remaining run."""
+    done = {"n": 0}
 
     def on_outcome(outcome: dict[str, Any]) -> None:
         done["n"] += 1
-        arm = evaluation.arm_label(outcome["method"], outcome["protocol"])
-        note(f"[{done['n']}/{total}] {arm:21s} #{outcome['index']:<3d} "
-             f"S_l={outcome.get('S_l') if outcome.get('S_l') is None else round(outcome['S_l'], 1)} "
-             f"words={outcome.get('word_count')}/{outcome.get('length')} {outcome.get('status', '')}")
+        note(f"[{done['n']}/{total}] {progress(outcome)}")
 
-    started = time.monotonic()
     try:
-        report = asyncio.run(evaluation.run_prompt_set(
-            items, run_item, methods, protocols=protocols, given_length=given_length,
-            concurrency=concurrency, on_outcome=on_outcome,
-        ))
+        return asyncio.run(start(on_outcome))
     except ApiGone as gone:
         note(f"stopped after {done['n']} of {total} runs: the API no longer answers (submitted jobs go on there)")
         raise gone.error from None
+
+
+def write_eval_outputs(out_dir: str, report: dict[str, Any], table: str, write_plot: Callable[[dict[str, Any], Path], Path],
+                       summary_line: str, timing: str) -> None:
+    """report.json, table.txt and plot.png in `out_dir`; the table on stdout, then the summary
+    line as the last line."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = evaluation.render_table(report)
     (out / "table.txt").write_text(table + "\n", encoding="utf-8")
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    plot = evaluation.write_plot(report, out / "plot.png")
+    plot = write_plot(report, out / "plot.png")
     click.echo(table)
-    note(f"{total} runs in {time.monotonic() - started:.0f} s; report {out / 'report.json'}, plot {plot}")
-    click.echo(evaluation.summary_line(report))
+    note(f"{timing}; report {out / 'report.json'}, plot {plot}")
+    click.echo(summary_line)
 
 
 def parse_protocols(text: str) -> list[str]:
@@ -113,18 +136,18 @@ def parse_protocols(text: str) -> list[str]:
     return protocols
 
 
-def _api_runner(ctx: click.Context, write_params: dict[str, Any], given_length: bool):
-    from agents.evaluation import job_params
-
+def _api_runner(ctx: click.Context, job_for: Callable[[Any, str, str], tuple[str, dict[str, Any]]]):
+    """A `run_item` that submits each run as a job (`job_for(item, method, protocol)` gives its
+    kind and params) and waits for it; a job that does not succeed fails its item."""
     client = make_client(ctx)
     gone: list[ApiUnreachable] = []  # once the API is gone, no item starts (one may be waiting to)
 
     async def run_item(item, method: str, protocol: str) -> dict[str, Any]:
         if gone:
             raise ApiGone(gone[0])
-        params = job_params(item, method, protocol, given_length, write_params)
+        kind, params = job_for(item, method, protocol)
         try:
-            job, _ = await asyncio.to_thread(client.submit_job, "write", params)
+            job, _ = await asyncio.to_thread(client.submit_job, kind, params)
             final = await asyncio.to_thread(client.wait_job, job["id"])
         except ApiUnreachable as exc:
             gone.append(exc)
@@ -143,6 +166,100 @@ def _local_runner(write_params: dict[str, Any], given_length: bool):
     settings = load_settings()
     return evaluation.local_runner(make_llm_client(settings), judge=make_judge_client(settings),
                                    settings=settings, write_params=write_params, given_length=given_length)
+
+
+@eval_group.command("longen")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--method", "methods", multiple=True, type=click.Choice(["single", "agentwrite", "lengthen"]),
+              help="Method to run; repeatable (default: all three; lengthen only where its job kind is installed).")
+@click.option("--protocol", "protocols", default="controlled", show_default=True, metavar="LIST",
+              help="Comma-separated protocols to run side by side: controlled, paper (the method as published).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N queries.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Jobs in flight at once.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-longen", show_default=True,
+              help="Directory for report.json, table.txt and plot.png.")
+@click.option("--local", is_flag=True, help="Run the agents in this process on the configured model instead of as API jobs.")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A param for every job (e.g. temperature=0.5); repeatable.")
+@click.pass_context
+def longen(ctx, file, methods, protocols, limit, concurrency, out_dir, local, pairs) -> None:
+    """Score LonGen length following on FILE, a JSONL in LonGen's format ({query, type (about,
+    range, above, below), constraint, language, range} per line; a 24-query sample ships as
+    agents/evaldata/longen_sample.jsonl). Each job gets only the query. Scores (0..1, words
+    by Self-Lengthen's counter) overall, by type, by range and by language for each method
+    and protocol; the last line is one JSON object: {"single": {"protocol": "controlled",
+    "length_following": .., "paper": {..}}, ...}."""
+    from agents import longen as lg
+
+    try:
+        items = lg.load_longen(file)
+    except lg.LonGenFileError as exc:
+        raise CliFailure(str(exc), 2) from None
+    items = items[:limit] if limit else items
+    protocols = parse_protocols(protocols)
+    params = parse_params(None, None, pairs)
+    if local:
+        text_fields, where = _local_kind_texts({lg.METHOD_KINDS[m] for m in lg.METHODS}), "this installation"
+    else:
+        client = make_client(ctx)
+        text_fields = {k["kind"]: (k.get("view") or {}).get("text") or "text" for k in client.list_kinds()}
+        where = f"the API at {client.base_url}"
+    methods = _available_methods(list(methods), lg.METHODS, lg.METHOD_KINDS, text_fields, where)
+    if local:
+        from agents.llm.factory import make_judge_client, make_llm_client
+
+        settings = load_settings()
+        run_item = lg.local_runner(make_llm_client(settings), judge=make_judge_client(settings), settings=settings,
+                                   params=params)
+    else:
+        run_item = _api_runner(ctx, lambda item, method, protocol: lg.job_for(item, method, protocol, params))
+    total = len(items) * len(methods) * len(protocols)
+
+    def progress(outcome: dict[str, Any]) -> str:
+        arm = lg.arm_label(outcome["method"], outcome["protocol"])
+        line = (f"{arm:21s} #{outcome['index']:<3d} {outcome['type']:5s} {outcome['language']} {outcome['range']} "
+                f"score={outcome['score']:.2f} words={outcome['word_count']} in [{outcome['low']:.0f}, {outcome['high']:.0f}]")
+        return line + (f" failed: {outcome['error'][:160]}" if outcome["error"] else "")
+
+    started = time.monotonic()
+    report = run_eval(lambda on_outcome: lg.run_longen(
+        items, run_item, methods, protocols=protocols, text_fields=text_fields,
+        concurrency=concurrency, on_outcome=on_outcome,
+    ), total, progress)
+    write_eval_outputs(out_dir, report, lg.render_table(report), lg.write_plot, lg.summary_line(report),
+                       f"{total} runs in {time.monotonic() - started:.0f} s")
+
+
+def _local_kind_texts(kinds: set[str]) -> dict[str, str]:
+    """{kind: the result field of its main text} for each of `kinds` that loads here."""
+    from agents.kinds import UnknownKind, get_kind
+
+    out = {}
+    for name in sorted(kinds):
+        try:
+            out[name] = get_kind(name).view.text or "text"
+        except UnknownKind:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a kind whose module does not import
+            note(f"job kind {name!r} does not load here: {exc}")
+    return out
+
+
+def _available_methods(requested: list[str], known: tuple[str, ...], method_kinds: dict[str, str],
+                       kinds: dict[str, Any], where: str) -> list[str]:
+    """The methods to run: those asked for (exit 2 when one's job kind is missing), else every
+    known method whose kind is there (a note names the ones left out)."""
+    missing = [m for m in (requested or known) if method_kinds[m] not in kinds]
+    if requested and missing:
+        method = missing[0]
+        raise CliFailure(f"--method {method} needs the job kind '{method_kinds[method]}', which {where} does not have "
+                         f"(its kinds: {', '.join(sorted(kinds)) or 'none'})", 2)
+    for method in missing:
+        note(f"method {method} left out: {where} has no job kind '{method_kinds[method]}'")
+    methods = [m for m in (requested or known) if m not in missing]
+    if not methods:
+        raise CliFailure(f"no method can run: {where} has none of the job kinds {', '.join(sorted(set(method_kinds.values())))}", 2)
+    return list(dict.fromkeys(methods))
 
 
 @cli.group("dataset")
