@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import length_control as lc
 from agents.context import JobContext
 from agents.kinds import AbsentStaysAbsent, JobKind, ResultView, Score
+from agents.length_target import parse_target_words
 from agents.llm.types import GenOptions, LLMBadRequest
 from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.settings import Settings
@@ -203,7 +204,11 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
     language = resolve_language(params.instruction, params.language)
     counter = "selflengthen" if paper else "words"
     count = COUNTERS[counter]
-    target = params.target_words
+    # Controlled reads a length the instruction states, as `write` does; paper only reports a given one.
+    target, target_source = params.target_words, "given" if params.target_words is not None else None
+    if target is None and not paper:
+        target = parse_target_words(params.instruction)
+        target_source = "instruction" if target is not None else None
     await check_models(ctx, params)
 
     initial = await initial_answer(ctx, params, language, count)
@@ -275,6 +280,7 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
         "iterations": iterations,
         "words_per_iteration": [initial_words] + [it["best_words"] for it in iterations],
         "target_words": target,
+        "target_source": target_source,
         "trimmed": trimmed,
         "final_filter": lc.failing_filter(text, language),
         "gate": gate,
@@ -282,7 +288,7 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
         "continuation": continuation,
         "models": {"generator": params.generator_model or ctx.llm.model_name,
                    "extender": params.extender_model or ctx.llm.model_name},
-        "protocol": protocol_record(ctx, params.protocol, differences(params, initial, iterations),
+        "protocol": protocol_record(ctx, params.protocol, differences(params, initial, iterations, target),
                                     templates_used(extender, iterations)),
     }
     if target is not None:
@@ -298,14 +304,15 @@ def templates_used(extender: lc.Extender, iterations: list[dict[str, Any]]) -> l
     return used
 
 
-def differences(params: LengthenParams, initial: dict[str, Any], iterations: list[dict[str, Any]]) -> list[str]:
+def differences(params: LengthenParams, initial: dict[str, Any], iterations: list[dict[str, Any]],
+                target: int | None) -> list[str]:
     """Each knob of the run that differs from the published method."""
     out = []
     if params.protocol == "controlled":
         out.append("word count: count_words, English words and 字 (paper: whitespace tokens plus CJK "
                    "characters and punctuation)")
         out.append("stop strings: none, the model's end of text (paper: '---', '\\n\\n\\n' and chat-template tokens)")
-        if params.target_words is not None:
+        if target is not None:
             out.append(f"length control: rounds until within {TOLERANCE:.0%} of target_words, at most "
                        f"{params.max_iterations}, then trimmed at a sentence end (paper: "
                        f"{DEFAULT_MICRO_ITERATIONS} rounds, no target)")
@@ -324,7 +331,7 @@ def differences(params: LengthenParams, initial: dict[str, Any], iterations: lis
         ("max_initial_attempts", params.max_initial_attempts, DEFAULT_INITIAL_ATTEMPTS),
     ):
         if value != paper_value and not (knob == "micro_iterations" and params.protocol == "controlled"
-                                          and params.target_words is not None):
+                                          and target is not None):
             out.append(f"{knob}: {value} (paper: {paper_value})")
     if initial["source"] == "given":
         out.append("initial answer: given, not filtered (paper: the Generator's, regenerated until it passes "
@@ -413,6 +420,9 @@ class LengthenResult(AbsentStaysAbsent):
     iterations: list[Iteration]
     words_per_iteration: list[int] = Field(description="the best text's words: initially, then after each iteration")
     target_words: int | None
+    target_source: Literal["given", "instruction"] | None = Field(
+        description="where target_words came from (controlled reads a length the instruction states)"
+    )
     within_10pct: bool | None = Field(None, description="only with a target")
     within_20pct: bool | None = Field(None, description="only with a target")
     trimmed: bool = Field(description="cut back to the target at a paragraph or sentence end")

@@ -470,11 +470,11 @@ def test_lengthen_jobs_over_the_api(tmp_path, fake_llm):
             assert response.status_code == 422 and f"{field}:" in response.json()["detail"], response.text
         assert rows(Job) == 0
 
-        job_id = api.post("/v1/jobs", json={"kind": "lengthen", "params": {
-            "instruction": "Write a 1500-word essay about rivers.", "generator_model": "gen_sft"}}).json()["id"]
-        job = wait_for_job(api, job_id)
-        assert job["status"] == "failed" and "generator_model" in job["error"] and "gen_sft" in job["error"]
-        assert rows(Step) == 0 and job["result"] is None
+        # A model the server does not list is refused at submit, naming the field.
+        response = api.post("/v1/jobs", json={"kind": "lengthen", "params": {
+            "instruction": "Write a 1500-word essay about rivers.", "generator_model": "gen_sft"}})
+        assert response.status_code == 422 and "params.generator_model" in response.json()["detail"]
+        assert "gen_sft" in response.json()["detail"] and rows(Job) == 0 and rows(Step) == 0
 
         job_id = api.post("/v1/jobs", json={"kind": "lengthen", "params": {
             "instruction": "Write a 1500-word essay about rivers.", "target_words": 1800}}).json()["id"]
@@ -483,3 +483,11 @@ def test_lengthen_jobs_over_the_api(tmp_path, fake_llm):
         result = job["result"]
         assert result["target_words"] == 1800 and "within_10pct" in result and result["iterations"]
         assert result["protocol"]["name"] == "controlled" and result["continuation"] == "prefill"
+
+
+
+async def test_controlled_reads_the_length_the_instruction_states():
+    result = await _run(Scripted(), instruction="Write about 300 words on tea.", text=paras([100] * 6, "long"))
+    assert result["target_words"] == 300 and result["target_source"] == "instruction" and result["trimmed"]
+    paper = await _run(Scripted(), instruction="Write about 300 words on tea.", protocol="paper")
+    assert paper["target_words"] is None and paper["target_source"] is None
