@@ -30,7 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import agentwrite_paper as paper
 from agents.context import JobContext
 from agents.kinds import JobKind, ResultView, Score
-from agents.length_target import parse_target_words, with_stated_length
+from agents import length_control as lc
+from agents.length_target import (
+    LengthDemand,
+    LengthDemandRecord,
+    given_demand,
+    parse_target_words,
+    read_demand,
+    read_length_demand,
+    with_stated_length,
+)
 # The cutting tools live in the length controller (the one copy); AgentWrite uses them from there.
 from agents.length_control import cut_to_sentence_end, split_paragraphs, trim_to_budget  # noqa: F401
 from agents.llm.tokens import count_message_tokens, output_room
@@ -54,15 +63,14 @@ SUGGESTED_SECTION_WORDS = 500
 TEMPERATURE = 0.7  # the controlled protocol's default (the paper's AgentWrite runs at 1.0)
 TOP_P = 1.0
 
-CONTINUE_BELOW = 0.9  # a section under 90% of its budget is continued
-TRIM_ABOVE = 1.5  # a section over 150% of its budget is trimmed at a paragraph boundary
-TRIM_CUT_ABOVE = 1.1  # ... and one cut off at max_tokens already over 110%
+# The section length decisions are the length controller's (agents.length_control): a section
+# under 90% of its budget is continued, one over 150% trimmed at a paragraph boundary, and one
+# cut off at max_tokens already over 110%.
+CONTINUE_BELOW, TRIM_ABOVE, TRIM_CUT_ABOVE = lc.CONTINUE_BELOW, lc.TRIM_ABOVE, lc.TRIM_CUT_ABOVE
 DEFAULT_MAX_TOKENS_PER_CALL = 4096  # the reference setting for plan and section calls
 SINGLE_MAX_TOKENS = 32768  # the single baseline asks for as much as the context allows, up to this
-# Output tokens per word/字, with headroom, to size max_tokens for a section. Generous on
-# purpose: a cap too tight cuts sections short; a loose one only bounds a rambling model.
-TOKENS_PER_UNIT = {"en": 1.5, "zh": 2.0}
-MAX_TOKENS_HEADROOM = 1.5
+# Output tokens per word/字, with headroom, to size max_tokens for a section (the controller's).
+TOKENS_PER_UNIT, MAX_TOKENS_HEADROOM = lc.TOKENS_PER_UNIT, lc.MAX_TOKENS_HEADROOM
 MIN_OUTPUT_TOKENS = 128
 PRIOR_FRAME_TOKENS = 64  # the lines around the text so far that the base prompt lacks
 
@@ -162,6 +170,29 @@ def resolve_target(params: WriteParams, max_target: int) -> tuple[int, str]:
         target, source = (parsed, "instruction") if parsed else (DEFAULT_TARGET_WORDS, "default")
     check_target(target, max_target)
     return target, source
+
+
+async def resolve_demand(ctx: JobContext, params: WriteParams,
+                         max_target: int) -> tuple[int, str, LengthDemand | None]:
+    """(target words, where it came from, the demand reading). A given target_words is the
+    target. Else the instruction's demand is read (`length_target.read_length_demand`): the
+    controlled protocol writes to its aim, inside the interval meant ("less than 5,000 words"
+    aims at 4,545, "5,000-6,000" at 5,500), asking the model (step `length_demand`) when the
+    rules disagree; the paper protocol takes the stated number, by rules only."""
+    if params.target_words is not None:
+        demand: LengthDemand | None = given_demand(params.target_words)
+    elif params.protocol == "paper":
+        demand = read_demand(params.instruction)
+    else:
+        demand = await read_length_demand(ctx, params.instruction)
+    if demand is None:
+        target, source = DEFAULT_TARGET_WORDS, "default"
+    elif demand.source == "given":
+        target, source = demand.words, "given"
+    else:
+        target, source = (demand.words if params.protocol == "paper" else demand.aim), "instruction"
+    check_target(target, max_target)
+    return target, source, demand
 
 
 _ASKS_ENGLISH = re.compile(r"英文|英语|in English", re.I)
@@ -385,7 +416,7 @@ def strip_labels(text: str) -> str:
 
 
 def _section_tokens(words: int, language: str, cap: int) -> int:
-    return min(cap, math.ceil(words * TOKENS_PER_UNIT[language] * MAX_TOKENS_HEADROOM) + 32)
+    return lc.tokens_for_words(words, language, cap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,9 +479,9 @@ async def write_section(
     cap = params.max_tokens_per_call or DEFAULT_MAX_TOKENS_PER_CALL
     max_calls = 3 + math.ceil(budget / SUGGESTED_SECTION_WORDS)
     window = ctx.llm.context_window
-    text, finish, calls, compacted = "", "", 0, False
+    compacted = False
 
-    def render(prior: PriorText, more_words: int) -> list[dict[str, str]]:
+    def render(prior: PriorText, continuation: str, more_words: int) -> list[dict[str, str]]:
         prompt = ctx.render(
             TEMPLATES[language]["section"],
             instruction=params.instruction,
@@ -460,18 +491,18 @@ async def write_section(
             prior_text=prior.text,
             omitted=prior.omitted,
             partial=prior.partial,
-            continuation=text,
+            continuation=continuation,
             more_words=more_words,
             language_name=LANGUAGE_NAMES[language],
             unit_short=UNIT_SHORT[language],
         )
         return [{"role": "user", "content": prompt}]
 
-    while calls < max_calls:
-        more = budget - count_words(text)
+    async def call(text: str, more: int) -> tuple[str, str]:
+        nonlocal compacted
         wanted = _section_tokens(more, language, cap)
         # The prompt without the text so far; whatever room is left holds as much of it as fits.
-        base_tokens = await count_message_tokens(ctx.llm, render(PriorText("", omitted=index - 1), more))
+        base_tokens = await count_message_tokens(ctx.llm, render(PriorText("", omitted=index - 1), text, more))
         room_for_prior = output_room(window, base_tokens) - wanted - PRIOR_FRAME_TOKENS
         if room_for_prior < 0:  # even without the text so far: shrink the output instead
             wanted, room_for_prior = output_room(window, base_tokens) - PRIOR_FRAME_TOKENS, 0
@@ -484,32 +515,24 @@ async def write_section(
         # Sections still to write after this call: a long chain goes first, so a batch ends together.
         urgency = len(plan) - index + 1
         options = _options(params, params.write_model, wanted, ctx.request_priority(urgency))
-        result = await ctx.llm.chat(render(prior, more), options)
-        calls += 1
-        piece = result.text.strip()
-        if not text:
-            piece = strip_labels(piece)
-        if not piece:
-            if not text:
-                raise EmptyModelOutput(f"section {index}: the model returned no text")
-            break  # a continuation with nothing to add: the section is as long as it gets
-        if result.truncated:
-            piece = cut_to_sentence_end(piece) or piece
-        if text:
-            # After a clean stop the continuation is a new paragraph; after a cut it resumes the paragraph.
-            joiner = ("" if language == "zh" else " ") if finish == "length" else "\n\n"
-            text = f"{text}{joiner}{piece}"
-        else:
-            text = piece
-        finish = result.finish_reason
-        if count_words(text) >= CONTINUE_BELOW * budget:
-            break
+        result = await ctx.llm.chat(render(prior, text, more), options)
+        return result.text, result.finish_reason
+
+    def join(text: str, piece: str, finish: str) -> str:
+        # After a clean stop the continuation is a new paragraph; after a cut it resumes the paragraph.
+        joiner = ("" if language == "zh" else " ") if finish == "length" else "\n\n"
+        return f"{text}{joiner}{piece}"
+
+    # The controller's loop: continued while under 90% of the budget, a bounded number of calls.
+    grown = await lc.grow(call, budget, max_calls=max_calls, join=join, count=count_words, first=strip_labels)
+    if not grown.text:
+        raise EmptyModelOutput(f"section {index}: the model returned no text")
+    text, finish, calls = grown.text, grown.finish, grown.calls
 
     # Trim one far over budget; and one cut off at max_tokens that is over budget at all
     # (it has no real ending to keep, and a rambling model would otherwise inflate the piece).
     trimmed = False
-    words = count_words(text)
-    if words > TRIM_ABOVE * budget or (finish == "length" and words > TRIM_CUT_ABOVE * budget):
+    if lc.should_trim(count_words(text), budget, truncated=finish == "length"):
         text, trimmed = trim_to_budget(text, budget), True
     return {
         "title": section["title"],
@@ -526,7 +549,9 @@ async def write_section(
 
 
 async def write_single(ctx: JobContext, params: WriteParams, target: int, language: str) -> dict[str, Any]:
-    """The baseline: one call for the whole piece, max_tokens as large as the context allows."""
+    """The baseline: one call for the whole piece. max_tokens is sized to the target as a
+    section's is (a model that loops stops there, not at the end of its context); an answer
+    cut off there ends at its last complete sentence."""
 
     async def call() -> dict[str, Any]:
         prompt = ctx.render(
@@ -538,13 +563,15 @@ async def write_single(ctx: JobContext, params: WriteParams, target: int, langua
         )
         messages = [{"role": "user", "content": prompt}]
         room = output_room(ctx.llm.context_window, await count_message_tokens(ctx.llm, messages))
-        max_tokens = min(room, params.max_tokens_per_call or SINGLE_MAX_TOKENS)
+        max_tokens = min(room, params.max_tokens_per_call or _section_tokens(target, language, SINGLE_MAX_TOKENS))
         if max_tokens < MIN_OUTPUT_TOKENS:
             raise LLMBadRequest(f"the instruction does not fit the model's {ctx.llm.context_window}-token context")
         result = await ctx.llm.chat(messages, _options(params, params.write_model, max_tokens))
         text = result.text.strip()
         if not text:
             raise EmptyModelOutput("the model returned no text")
+        if result.truncated:
+            text = cut_to_sentence_end(text) or text
         return {
             "title": "",
             "target_words": target,
@@ -577,7 +604,7 @@ async def score_quality(ctx: JobContext, params: WriteParams, text: str) -> dict
 async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
     """Run a `write` job; the result is a dict of the shape of `WriteResult` (below)."""
     max_target = ctx.settings.max_target_words
-    target, target_source = resolve_target(params, max_target)
+    target, target_source, demand = await resolve_demand(ctx, params, max_target)
     language = resolve_language(params.instruction, params.language)
 
     if params.protocol == "paper":
@@ -601,18 +628,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         await ctx.progress(outputs[0]["words"], target, section=1, sections=1)
         differs = controlled_differences(params, target)
     else:
-        planned = await make_plan(ctx, params, target, language)
-        plan, repairs = planned["sections"], planned["repairs"]
-        outputs = []
-        written = 0
-        for i in range(1, len(plan) + 1):
-            previous = list(outputs)
-            output = await ctx.step(
-                f"section/{i}", lambda i=i, previous=previous: write_section(ctx, params, plan, i, previous, language)
-            )
-            outputs.append(output)
-            written += output["words"]
-            await ctx.progress(written, target, section=i, sections=len(plan))
+        plan, repairs, outputs = await write_planned(ctx, params, target, language)
         differs = controlled_differences(params, target)
 
     text = "\n\n".join(o["text"] for o in outputs)
@@ -640,6 +656,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         "target_source": target_source,
         "language": language,
         "method": params.method,
+        "length_demand": demand.as_dict() if demand else None,
         "plan": plan,
         "plan_repairs": repairs,
         "truncated": any(o["truncated"] for o in outputs),
@@ -647,6 +664,26 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         "scores": scores,
         "protocol": protocol_record(ctx, params.protocol, differs, templates_used(params, language, plan, scores)),
     }
+
+
+async def write_planned(ctx: JobContext, params: WriteParams, target: int,
+                        language: str) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """AgentWrite under the controlled protocol: the plan (step `plan`), then each section in
+    order (steps `section/{i}`). Returns (plan sections, plan repairs, section outputs). The
+    length controller calls this for targets beyond one call."""
+    planned = await make_plan(ctx, params, target, language)
+    plan, repairs = planned["sections"], planned["repairs"]
+    outputs: list[dict[str, Any]] = []
+    written = 0
+    for i in range(1, len(plan) + 1):
+        previous = list(outputs)
+        output = await ctx.step(
+            f"section/{i}", lambda i=i, previous=previous: write_section(ctx, params, plan, i, previous, language)
+        )
+        outputs.append(output)
+        written += output["words"]
+        await ctx.progress(written, target, section=i, sections=len(plan))
+    return plan, repairs, outputs
 
 
 def templates_used(params: WriteParams, language: str, plan: list[dict[str, Any]], scores: dict[str, Any]) -> list[str]:
@@ -743,6 +780,9 @@ class WriteResult(BaseModel):
     word_count: int = Field(description="words (字 for Chinese) in text")
     target_words: int
     target_source: Literal["given", "instruction", "default"] = Field(description="where target_words came from")
+    length_demand: LengthDemandRecord | None = Field(
+        description="how the length was read (the instruction's demand, or the given target_words); "
+        "controlled writes to its aim")
     language: Literal["en", "zh"]
     method: Literal["agentwrite", "single"]
     plan: list[PlanSection] = Field(description="the sections planned; empty for the single method")
@@ -766,7 +806,7 @@ KIND = JobKind(
     params=WriteParams,
     result=WriteResult,
     run=run,
-    version=2,
+    version=3,  # 3: controlled writes to the demand's aim (length_target.read_length_demand)
     view=ResultView(text="text", plan="plan"),
     scores=result_scores,
 )

@@ -19,10 +19,17 @@ implicitly, which is why jobs accept an explicit `target_words`.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.text import detect_language
+
+if TYPE_CHECKING:
+    from agents.context import JobContext
 
 WORDS_PER_PAGE = 200  # LongBench-Write annotates "a 50-page novel" as 10,000 words
 MIN_SPELLED_OUT = 50  # spelled-out numbers below this next to 字/word are idioms ("十字", "a word")
@@ -77,6 +84,7 @@ class LengthMention:
     start: int
     end: int
     kind: str  # "words", "range", "field", "pages", "each"
+    low: int | None = None  # a range's lower bound ("5,000-6,000 words": 5000; words is 6000)
 
 
 def parse_chinese_number(text: str) -> int | None:
@@ -87,19 +95,22 @@ def parse_chinese_number(text: str) -> int | None:
     section = 0  # below 万
     digit: int | None = None
     last_unit = 1
+    after_zero = False  # a 零 since the last unit: the next digit is not the next lower unit
     for ch in text:
         if ch in _ZH_DIGITS:
             digit = _ZH_DIGITS[ch]
+            after_zero = after_zero or digit == 0
         elif ch in _ZH_UNITS:
             unit = _ZH_UNITS[ch]
             section += (1 if digit is None else digit) * unit
-            digit, last_unit = None, unit
+            digit, last_unit, after_zero = None, unit, False
         else:  # 万
             total += (section + (digit or 0)) * 10000 or 10000
-            section, digit, last_unit = 0, None, 10000
+            section, digit, last_unit, after_zero = 0, None, 10000, False
     if digit is not None:
-        # A trailing digit right after a unit is the next lower unit: 一万五 = 15000, 三千五 = 3500.
-        section += digit * (last_unit // 10) if last_unit > 1 and len(text) > 1 else digit
+        # A trailing digit right after a unit is the next lower unit: 一万五 = 15000, 三千五 = 3500;
+        # after a 零 it is itself: 四百零八 = 408.
+        section += digit * (last_unit // 10) if last_unit > 1 and len(text) > 1 and not after_zero else digit
     value = total + section
     return value or None
 
@@ -208,20 +219,20 @@ def find_length_mentions(text: str) -> list[LengthMention]:
     def free(start: int, end: int) -> bool:
         return all(end <= s or start >= e for s, e in taken)
 
-    def add(words: int | None, start: int, end: int, kind: str) -> None:
+    def add(words: int | None, start: int, end: int, kind: str, low: int | None = None) -> None:
         if words and words > 0 and free(start, end):
-            found.append(LengthMention(words, start, end, kind))
+            found.append(LengthMention(words, start, end, kind, low if low and low < words else None))
             taken.append((start, end))
 
     for m in _RANGE.finditer(text):
         a, b = parse_number(m.group("a")), parse_number(m.group("b"))
         if a and b and a < b:  # "3-4 words" style noise is still a range; "2024-2025" has no unit
-            add(b, m.start(), m.end(), "range")
+            add(b, m.start(), m.end(), "range", low=a)
     for m in _ZH_FIELD.finditer(text):
         values = [parse_number(m.group(g)) for g in ("a", "b") if m.group(g)]
         values = [v for v in values if v]
         if values:
-            add(max(values), m.start("a"), m.end(), "field")
+            add(max(values), m.start("a"), m.end(), "field", low=min(values) if len(values) > 1 else None)
     for m in _SINGLE.finditer(text):
         n = parse_number(m.group("n"))
         # "十字路口", "一字一句", "三字经": spelled-out numbers that small are idioms, not lengths.
@@ -250,7 +261,8 @@ def find_length_mentions(text: str) -> list[LengthMention]:
         elif _EN_EACH_AFTER.search(after) or _EN_EACH_BEFORE.search(text[max(0, mention.start - 40):mention.start]):
             factor = _english_multiplier(text, mention.start)
         if factor:
-            mention = LengthMention(mention.words * factor, mention.start, mention.end, "each")
+            mention = LengthMention(mention.words * factor, mention.start, mention.end, "each",
+                                    mention.low * factor if mention.low else None)
         resolved.append(mention)
 
     if not resolved:
@@ -261,10 +273,289 @@ def find_length_mentions(text: str) -> list[LengthMention]:
     return resolved
 
 
+# -- reading the demand --------------------------------------------------------------------------
+#
+# A request is more than one number: "less than 5,000 words" means [2,500, 5,000], "more than
+# 7,000" [7,000, 10,500], "5,000-6,000" [5,000, 6,000]; in "a paper of over 5000 words ... an
+# abstract of around 500 words" the 5,000 is the whole piece and the 500 a part of it.
+
+DemandKind = Literal["about", "at_least", "at_most", "range", "pages", "paragraphs"]
+Bound = Literal["about", "at_least", "at_most", "range"]
+DemandSource = Literal["given", "rules", "model"]
+WORDS_PER_PARAGRAPH = 100  # "a five-paragraph essay": a count of paragraphs, the last resort
+AIM_TOLERANCE = 0.1  # the aim of a one-sided demand keeps +-10% of itself inside the interval
+
+_ABOUT_WORDS = r"(?:about|around|approximately|roughly|some|circa|~|约|大约|大概)"
+_AT_MOST_BEFORE = re.compile(
+    r"(?:at\s+most|at\s+the\s+most|no\s+more\s+than|not\s+more\s+than|(?<!no\s)(?<!not\s)(?:fewer|less)\s+than|"
+    r"under|below|not\s+(?:to\s+)?exceed(?:ing)?|no\s+longer\s+than|shorter\s+than|maximum(?:\s+of)?|max\.?|"
+    r"up\s+to|within|limit(?:ed)?\s+(?:of|to)|不超过|不多于|不得超过|不要超过|不能超过|(?<!不)少于|(?<!不)低于|"
+    r"最多|至多|控制在)\s*" + _ABOUT_WORDS + r"?\s*$", re.I)
+_AT_LEAST_BEFORE = re.compile(
+    r"(?:at\s+least|no\s+less\s+than|not\s+less\s+than|no\s+fewer\s+than|not\s+fewer\s+than|more\s+than|over|"
+    r"above|exceed(?:ing)?|minimum(?:\s+of)?|min\.?|longer\s+than|upwards\s+of|in\s+excess\s+of|不少于|不低于|"
+    r"不得少于|不能少于|不要少于|至少|最少|(?<!不)多于|(?<!不)超过|大于)\s*" + _ABOUT_WORDS + r"?\s*$", re.I)
+_AT_MOST_AFTER = re.compile(r"^\s*(?:以内|之内|以下|内|or\s+(?:less|fewer|shorter)\b|at\s+most\b|max(?:imum)?\b|tops\b)",
+                            re.I)
+_AT_LEAST_AFTER = re.compile(r"^\s*(?:以上|or\s+(?:more|longer)\b|at\s+least\b|minimum\b|min\b|plus\b)", re.I)
+_MORE_THAN_MARK = re.compile(r"(?:多|余)\s*-?\s*(?:个字|字|词)$")  # "2000多字", "两千余字": 2,000-odd
+# Numbers that describe material, not the answer: "Summarize this 300-word note".
+_MATERIAL_BEFORE = re.compile(r"(?:\b(?:this|these|the\s+following|the\s+above|the\s+attached|the\s+given|"
+                              r"the\s+provided|my|your)|这篇|这段|这份|上面的?|下面的?|原文)\s*$", re.I)
+# Parts of a piece: a number in a clause about one of them is for that part.
+_PART_NOUN = re.compile(
+    r"\b(?:abstract|summary|introduction|intro|conclusion|title|headline|subtitle|caption|preface|foreword|"
+    r"prologue|epilogue|opening|ending|outline|synopsis|tagline|slogan|(?:first|last|final|opening|closing)\s+"
+    r"(?:paragraph|section|chapter))s?\b|摘要|引言|前言|序言|结论|结语|标题|题目|开头|结尾|简介|导语|提纲|大纲|小结",
+    re.I)
+_CLAUSE_BREAK = re.compile(r"[,;:，；：。.!?！？\n]|\b(?:with|and|including|plus|then)\b", re.I)
+_PARAGRAPHS = re.compile(
+    r"(?<![\d.,第])(?P<n>\d+|two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|"
+    r"[一二两三四五六七八九十]+)\s*-?\s*(?:paragraphs?\b|个?段落|段(?![落时间位子]))", re.I)
+
+
+@dataclass(frozen=True)
+class PartDemand:
+    """A length for one part of the piece ("an abstract of around 500 words")."""
+
+    words: int
+    stated: str
+
+
+@dataclass(frozen=True)
+class LengthDemand:
+    """What a request asks for, read as an interval (LonGen's reading):
+
+        about L      [0.8 L, 1.2 L]      aim L
+        at least L   [L, 1.5 L]          aim L / 0.9 (its +-10% stays inside), at most the middle
+        at most L    [0.5 L, L]          aim L / 1.1, at least the middle
+        range lo-hi  [lo, hi]            aim the middle
+
+    `kind` is the bound, or "pages" / "paragraphs" when the count is of those (then `bound`
+    says which bound, and `words` is the count converted: WORDS_PER_PAGE, WORDS_PER_PARAGRAPH).
+    `words` is the number stated for the whole piece (a range: its upper bound, as
+    LongBench-Write annotates); `parts` are numbers for parts of it. `ambiguous` when the rules
+    found several whole-piece numbers and could not tell which is meant (they then keep the
+    last); `read_length_demand` asks the model in that case."""
+
+    kind: DemandKind
+    bound: Bound
+    words: int
+    low: int
+    high: int
+    aim: int
+    stated: str = ""
+    source: DemandSource = "rules"
+    count: int | None = None
+    parts: tuple[PartDemand, ...] = ()
+    ambiguous: bool = False
+    candidates: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "bound": self.bound, "words": self.words, "low": self.low, "high": self.high,
+            "aim": self.aim, "stated": self.stated, "source": self.source, "count": self.count,
+            "parts": [{"words": p.words, "stated": p.stated} for p in self.parts],
+            "ambiguous": self.ambiguous, "candidates": list(self.candidates),
+        }
+
+
+def demand_interval(bound: str, words: int, low: int | None = None) -> tuple[int, int]:
+    """[low, high] of a demand (see LengthDemand)."""
+    if bound == "range" and low:
+        return low, words
+    if bound == "at_least":
+        return words, math.floor(1.5 * words)
+    if bound == "at_most":
+        return math.ceil(0.5 * words), words
+    return math.ceil(0.8 * words), math.floor(1.2 * words)
+
+
+def demand_aim(bound: str, words: int, low: int, high: int) -> int:
+    """The length to write to inside [low, high] (see LengthDemand)."""
+    middle = (low + high) / 2
+    if bound == "at_least":
+        aim = min(math.ceil(words / (1 - AIM_TOLERANCE)), middle)
+    elif bound == "at_most":
+        aim = max(math.floor(words / (1 + AIM_TOLERANCE)), middle)
+    elif bound == "range":
+        aim = middle
+    else:
+        aim = words
+    return max(1, min(high, max(low, round(aim))))
+
+
+def make_demand(bound: str, words: int, *, low: int | None = None, kind: str | None = None,
+                source: str = "given", stated: str = "", count: int | None = None,
+                parts: tuple[PartDemand, ...] = (), ambiguous: bool = False,
+                candidates: tuple[int, ...] = ()) -> LengthDemand:
+    """A LengthDemand with its interval and aim worked out."""
+    if bound == "range" and not (low and low < words):
+        bound = "about"
+    lo, hi = demand_interval(bound, words, low)
+    return LengthDemand(kind=kind or bound, bound=bound, words=words, low=lo, high=hi,
+                        aim=demand_aim(bound, words, lo, hi), stated=stated, source=source, count=count,
+                        parts=parts, ambiguous=ambiguous, candidates=candidates)
+
+
+def given_demand(words: int) -> LengthDemand:
+    """The reading of a `target_words` given as a number: about that many."""
+    return make_demand("about", words, source="given")
+
+
+def _bound_of(text: str, mention: LengthMention) -> str:
+    if mention.low:
+        return "range"
+    before = text[max(0, mention.start - 30):mention.start]
+    after = text[mention.end:mention.end + 12]
+    if _AT_MOST_BEFORE.search(before) or _AT_MOST_AFTER.search(after):
+        return "at_most"
+    if (_AT_LEAST_BEFORE.search(before) or _AT_LEAST_AFTER.search(after)
+            or _MORE_THAN_MARK.search(text[mention.start:mention.end])):
+        return "at_least"
+    return "about"
+
+
+def _clause_before(text: str, start: int) -> str:
+    window = text[max(0, start - 60):start]
+    breaks = list(_CLAUSE_BREAK.finditer(window))
+    return window[breaks[-1].end():] if breaks else window
+
+
+def _paragraph_mentions(text: str) -> list[LengthMention]:
+    out = []
+    for m in _PARAGRAPHS.finditer(text):
+        n = parse_number(m.group("n"))
+        if n and 1 < n <= 100:
+            out.append(LengthMention(n * WORDS_PER_PARAGRAPH, m.start(), m.end(), "paragraphs"))
+    return out
+
+
+def read_demand(text: str) -> LengthDemand | None:
+    """The length demand of an instruction by rules (no model), or None when it states none.
+
+    Each length mention (`find_length_mentions`; a count of paragraphs as the last resort) is
+    read for its bound from the words around it. With several mentions, one that describes
+    material ("this 300-word note") is not a demand, and one in a clause about a part of the
+    piece (an abstract, a title, the introduction, 摘要, 标题 ...) is a part; of the rest, the
+    whole-piece demand is the last one, and the reading is `ambiguous` when they disagree."""
+    mentions = find_length_mentions(text) or _paragraph_mentions(text)
+    if not mentions:
+        return None
+    whole, parts, material = [], [], []
+    for m in mentions:
+        if len(mentions) > 1 and _MATERIAL_BEFORE.search(text[max(0, m.start - 25):m.start]):
+            material.append(m)
+        elif len(mentions) > 1 and _PART_NOUN.search(_clause_before(text, m.start)):
+            parts.append(m)
+        else:
+            whole.append(m)
+    ambiguous = False
+    if not whole:  # every number is material or a part: keep the last demand, but say it is unclear
+        ambiguous = True
+        whole = parts or material
+        parts = [p for p in parts if p is not whole[-1]]
+    elif len({m.words for m in whole}) > 1:
+        ambiguous = True
+    chosen = whole[-1]
+    bound = _bound_of(text, chosen)
+    kind = chosen.kind if chosen.kind in ("pages", "paragraphs") else bound
+    count = None
+    if chosen.kind == "pages":
+        count = chosen.words // WORDS_PER_PAGE
+    elif chosen.kind == "paragraphs":
+        count = chosen.words // WORDS_PER_PARAGRAPH
+    return make_demand(
+        bound, chosen.words, low=chosen.low, kind=kind, source="rules", stated=text[chosen.start:chosen.end],
+        count=count, parts=tuple(PartDemand(p.words, text[p.start:p.end]) for p in parts if p is not chosen),
+        ambiguous=ambiguous, candidates=tuple(dict.fromkeys(m.words for m in mentions)),
+    )
+
+
+DEMAND_TEMPLATE = "length/demand.j2"
+DEMAND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "whole_piece_words": {"type": ["integer", "null"], "minimum": 1},
+        "kind": {"type": "string", "enum": ["about", "at_least", "at_most", "range"]},
+        "range_low": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "required": ["whole_piece_words", "kind"],
+}
+
+
+async def read_length_demand(ctx: "JobContext", text: str, key: str = "length_demand") -> LengthDemand | None:
+    """The demand of `text`: by rules; when they are ambiguous, the model reads it (step `key`,
+    structured output, temperature 0). The model's number must be one the text states (the
+    rules' reading stands otherwise, or when its answer never validates)."""
+    demand = read_demand(text)
+    if demand is None or not demand.ambiguous:
+        return demand
+
+    async def ask() -> dict[str, Any]:
+        from agents.llm.structured import chat_json
+        from agents.llm.types import GenOptions, LLMError
+
+        prompt = ctx.render(DEMAND_TEMPLATE, text=text, candidates=list(demand.candidates))
+        try:
+            value, _ = await chat_json(ctx.llm, [{"role": "user", "content": prompt}], DEMAND_SCHEMA,
+                                       GenOptions(max_tokens=128, temperature=0.0))
+        except LLMError as err:  # StructuredOutputError and friends: the rules' reading stands
+            return {"error": f"{type(err).__name__}: {err}"}
+        return {"answer": value}
+
+    asked = await ctx.step(key, ask)
+    answer = asked.get("answer") or {}
+    words, low = answer.get("whole_piece_words"), answer.get("range_low")
+    numbers = set(find_numbers(text)) | set(demand.candidates)
+    if not isinstance(words, int) or words not in numbers:
+        return demand
+    bound = answer.get("kind", "about")
+    low = low if bound == "range" and isinstance(low, int) and low in numbers and low < words else None
+    if bound == "range" and low is None:
+        bound = "about"
+    stated = demand.stated if words == demand.words else str(words)
+    parts = tuple(p for p in demand.parts if p.words != words)
+    if words != demand.words:
+        parts += (PartDemand(demand.words, demand.stated),)
+    return make_demand(bound, words, low=low, source="model", stated=stated, parts=parts, ambiguous=True,
+                       candidates=demand.candidates,
+                       kind=demand.kind if words == demand.words and demand.kind in ("pages", "paragraphs") else None,
+                       count=demand.count if words == demand.words else None)
+
+
+class PartDemandRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    words: int
+    stated: str
+
+
+class LengthDemandRecord(BaseModel):
+    """How a request's length was read (`LengthDemand.as_dict`), as results record it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: DemandKind = Field(description="about, at_least, at_most, range; pages or paragraphs when counted in those")
+    bound: Bound
+    words: int = Field(description="the number stated for the whole piece (a range: its upper bound)")
+    low: int = Field(description="the interval meant: about L [0.8L, 1.2L], at least L [L, 1.5L], "
+                     "at most L [0.5L, L], a range [lo, hi]")
+    high: int
+    aim: int = Field(description="the length written to, inside [low, high]")
+    stated: str = Field(description="the words of the request that state it")
+    source: DemandSource = Field(description="given (target_words), rules, or model (the rules disagreed)")
+    count: int | None = Field(description="pages or paragraphs, when counted in those")
+    parts: list[PartDemandRecord] = Field(description="lengths stated for parts of the piece")
+    ambiguous: bool = Field(description="the rules found several whole-piece lengths")
+    candidates: list[int] = Field(description="every length the rules found")
+
+
 def parse_target_words(text: str) -> int | None:
-    """The length the instruction asks for (words / 字), or None when it states none."""
-    mentions = find_length_mentions(text)
-    return mentions[-1].words if mentions else None
+    """The length the instruction asks for (words / 字), or None when it states none: the
+    number of the whole-piece demand (`read_demand`; a range gives its upper bound)."""
+    demand = read_demand(text)
+    return demand.words if demand else None
 
 
 def length_sentence(words: int, language: str) -> str:

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import length_control as lc
 from agents.context import JobContext
 from agents.kinds import AbsentStaysAbsent, JobKind, ResultView, Score
-from agents.length_target import parse_target_words
+from agents.length_target import LengthDemandRecord, given_demand, read_length_demand
 from agents.llm.types import GenOptions, LLMBadRequest
 from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.settings import Settings
@@ -171,8 +171,19 @@ def _generator_options(params: LengthenParams, key: str, max_tokens: int) -> Gen
     )
 
 
-async def initial_answer(ctx: JobContext, params: LengthenParams, language: str, count) -> dict[str, Any]:
-    """{"source", "text", "attempts": [...], "filter"}; raises when no attempt passes."""
+class InitialAnswerFailed(ValueError):
+    """No Generator answer passed the filters; `attempts` as in the result's `initial.attempts`."""
+
+    def __init__(self, message: str, attempts: list[dict[str, Any]]):
+        super().__init__(message)
+        self.attempts = attempts
+
+
+async def initial_answer(ctx: JobContext, params: LengthenParams, language: str, count,
+                         key_prefix: str = "") -> dict[str, Any]:
+    """{"source", "text", "attempts": [...], "filter"}; raises InitialAnswerFailed when no
+    attempt passes. Steps `{key_prefix}initial/{a}` (a dataset build answers many instructions
+    in one job)."""
     if params.text is not None:
         return {"source": "given", "text": params.text, "attempts": [],
                 "filter": lc.failing_filter(params.text, language)}
@@ -180,7 +191,7 @@ async def initial_answer(ctx: JobContext, params: LengthenParams, language: str,
     cap = params.max_tokens or (lc.PAPER_MAX_TOKENS if params.protocol == "paper" else None)
     attempts = []
     for a in range(1, params.max_initial_attempts + 1):
-        key = f"initial/{a}"
+        key = f"{key_prefix}initial/{a}"
 
         async def generate(key: str = key) -> dict[str, Any]:
             messages = [{"role": "user", "content": params.instruction}]
@@ -196,7 +207,8 @@ async def initial_answer(ctx: JobContext, params: LengthenParams, language: str,
         if reason is None:
             return {"source": "generator", "text": output["text"], "attempts": attempts, "filter": None}
     reasons = ", ".join(f"{r['attempt']}: {r['reason']}" for r in attempts)
-    raise ValueError(f"the Generator's answer failed the quality filters {len(attempts)} times ({reasons})")
+    raise InitialAnswerFailed(f"the Generator's answer failed the quality filters {len(attempts)} times ({reasons})",
+                              attempts)
 
 
 async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
@@ -205,9 +217,12 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
     counter = "selflengthen" if paper else "words"
     count = COUNTERS[counter]
     # Controlled reads a length the instruction states, as `write` does; paper only reports a given one.
+    # Controlled reads the instruction's demand and writes to its aim (inside the interval meant).
     target, target_source = params.target_words, "given" if params.target_words is not None else None
+    demand = given_demand(target) if target is not None else None
     if target is None and not paper:
-        target = parse_target_words(params.instruction)
+        demand = await read_length_demand(ctx, params.instruction)
+        target = demand.aim if demand is not None else None
         target_source = "instruction" if target is not None else None
     await check_models(ctx, params)
 
@@ -281,6 +296,7 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
         "words_per_iteration": [initial_words] + [it["best_words"] for it in iterations],
         "target_words": target,
         "target_source": target_source,
+        "length_demand": demand.as_dict() if demand is not None else None,
         "trimmed": trimmed,
         "final_filter": lc.failing_filter(text, language),
         "gate": gate,
@@ -420,6 +436,9 @@ class LengthenResult(AbsentStaysAbsent):
     iterations: list[Iteration]
     words_per_iteration: list[int] = Field(description="the best text's words: initially, then after each iteration")
     target_words: int | None
+    length_demand: LengthDemandRecord | None = Field(
+        None, description="how the length was read (the given target_words, or the instruction's demand: "
+        "controlled writes to its aim)")
     target_source: Literal["given", "instruction"] | None = Field(
         description="where target_words came from (controlled reads a length the instruction states)"
     )
@@ -445,7 +464,7 @@ KIND = JobKind(
     params=LengthenParams,
     result=LengthenResult,
     run=run,
-    version=1,
+    version=2,  # 2: controlled writes to the demand's aim (length_target.read_length_demand)
     view=ResultView(text="text", transcript="iterations"),
     scores=result_scores,
 )

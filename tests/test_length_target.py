@@ -52,6 +52,7 @@ def test_numbers():
     assert parse_chinese_number("一万五") == 15_000
     assert parse_chinese_number("两百") == 200
     assert parse_chinese_number("十五") == 15
+    assert parse_chinese_number("四百零八") == 408 and parse_chinese_number("三千零五") == 3005  # 零: the next digit is units
     assert parse_chinese_number("abc") is None
     assert parse_number("3,000") == 3000 and parse_number("1.5k") == 1500 and parse_number("two thousand") == 2000
     assert parse_number("a hundred") == 100 and parse_number("a") is None
