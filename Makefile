@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/llm_pool.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/dataset_build.py
+	$(BIN)/python bench/selflengthen_build.py
 	$(BIN)/python bench/summarize.py
 
 clean:

@@ -112,6 +112,7 @@ class ChildJob:
     result: dict[str, Any] | None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    error: str | None = None  # why it failed, when it did
 
 
 class JobServices(Protocol):
@@ -122,8 +123,10 @@ class JobServices(Protocol):
     async def load_job_result(self, job_id: str) -> dict[str, Any]: ...
 
     async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]],
-                             priority: int) -> list[str]:
-        """Create (idempotently per index) and queue child jobs; returns their ids in order."""
+                             priority: int, start: int = 0) -> list[str]:
+        """Create (idempotently per index: child `start + i` for params_list[i]) and queue child
+        jobs; returns their ids in order. A parent that spawns in batches passes each batch's
+        first index as `start`."""
 
     async def children_status(self, parent_id: str) -> dict[str, int]: ...
 
@@ -151,7 +154,7 @@ class MemoryJobServices:
         return self.results[job_id]
 
     async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]],
-                             priority: int) -> list[str]:
+                             priority: int, start: int = 0) -> list[str]:
         raise LookupError("this context cannot run child jobs")
 
     async def children_status(self, parent_id: str) -> dict[str, int]:
@@ -316,8 +319,13 @@ class JobContext:
         """Result of another finished job (e.g. the summary a score job judges)."""
         return await self.services.load_job_result(job_id)
 
-    async def spawn_children(self, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
-        """Child jobs of this job, created once however often this runs (call it in a step)."""
+    async def spawn_children(self, kind: str, params_list: list[dict[str, Any]], priority: int,
+                             start: int = 0) -> list[str]:
+        """Child jobs of this job, created once however often this runs (call it in a step).
+        Spawning in batches: each batch passes the number of children spawned before it as
+        `start` (the children's identity is their index)."""
+        if start:
+            return await self.services.spawn_children(self.job_id, kind, params_list, priority, start=start)
         return await self.services.spawn_children(self.job_id, kind, params_list, priority)
 
     async def children(self, *, finished_only: bool = False, exclude: Iterable[str] = ()) -> list[ChildJob]:

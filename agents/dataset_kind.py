@@ -1,5 +1,9 @@
 """Job kind `dataset`: batch-build an SFT dataset, one child `write` job per instruction.
 
+Two recipes (`recipe`): `longwriter` (the default, described here) and `selflengthen`
+(Self-Lengthen's data pipeline with `lengthen` children: agents/selflengthen_build.py). A
+param that only the other recipe reads is refused, not ignored.
+
 The parent job resolves its instructions (given, from a JSONL, or generated from seed
 prompts), gives every instruction a target length (its own `target_words`, the length its
 text states, or else one drawn from `length_distribution` with `seed`, the instruction then
@@ -20,11 +24,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agents import dataset as ds
+from agents import selflengthen_build as slb
 from agents.context import ChildJob, JobContext
 from agents.kinds import JobKind, ResultView
 from agents.length_target import with_stated_length
+from agents.protocol import Protocol
 
-FORMATS = ds.FORMATS
+RECIPES = ("longwriter", "selflengthen")
+# Export formats by recipe; FORMATS: every format the export endpoint knows.
+RECIPE_FORMATS: dict[str, tuple[str, ...]] = {"longwriter": ds.FORMATS, "selflengthen": slb.FORMATS}
+FORMATS = tuple(dict.fromkeys(f for formats in RECIPE_FORMATS.values() for f in formats))
+DEFAULT_FORMATS = {"longwriter": ["longwriter"], "selflengthen": list(slb.FORMATS)}
+# Params that only one recipe reads: set for the other, they are refused rather than ignored.
+SELFLENGTHEN_ONLY = ("protocol", "generator_model", "extender_model", "length_demands", "lengthen", "selflengthen")
+LONGWRITER_ONLY = ("write", "gates", "length_distribution", "state_length")
 
 
 class DatasetItem(BaseModel):
@@ -33,6 +46,11 @@ class DatasetItem(BaseModel):
 
 
 class DatasetParams(BaseModel):
+    recipe: Literal["longwriter", "selflengthen"] = Field(
+        default="longwriter",
+        description="longwriter: AgentWrite (or single) write jobs per instruction, LongWriter-6k style; "
+                    "selflengthen: Self-Lengthen's data pipeline (self-instruct, Generator answers, lengthen "
+                    "children, length-biased sampling; agents/selflengthen_build.py)")
     items: list[DatasetItem] | None = None
     jsonl: str | None = Field(default=None, description="JSONL text: one {\"prompt\"|\"instruction\", \"length\"|\"target_words\"} per line")
     document_id: str | None = Field(default=None, description="an uploaded JSONL document")
@@ -40,15 +58,32 @@ class DatasetParams(BaseModel):
     count: int = Field(default=0, ge=0, le=100_000, description="instructions to generate from the seeds")
     write: dict[str, Any] = Field(default_factory=dict, description="params for every write job (method, temperature, ...)")
     gates: ds.GateSettings = Field(default_factory=ds.GateSettings)
-    formats: list[Literal["longwriter", "alpaca", "sharegpt"]] = Field(default_factory=lambda: ["longwriter"])
+    formats: list[Literal["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft"]] | None = Field(
+        default=None, description="export formats; longwriter recipe: longwriter (default), alpaca, sharegpt; "
+                                  "selflengthen: long, gen_sft, ext_sft, sharegpt (default: all four)")
     child_priority: int = Field(default=7, ge=0, le=9)
     length_distribution: ds.LengthDistribution = Field(
         default_factory=ds.LongWriter6kLengths,
         description='target of an instruction that states none: {"kind": "longwriter6k"} (90% uniform 2,000-10,000 '
                     'words, 10% log-uniform 10,000-32,000), {"kind": "uniform", "min": N, "max": M} or {"kind": "fixed", "words": N}',
     )
-    seed: int = Field(default=0, description="seed of the drawn lengths: the same seed draws the same lengths")
+    seed: int = Field(default=0, description="seed of the drawn lengths: the same seed draws the same lengths "
+                                             "(selflengthen: of every draw of the build)")
     state_length: bool = Field(default=True, description="exports state the target length in the user turn when the instruction does not")
+    # The selflengthen recipe.
+    protocol: Protocol | None = Field(
+        default=None, description="selflengthen: paper (default; the lengthen children run the reference's 3 "
+                                  "micro-iterations and 1.2x gate) or controlled")
+    generator_model: str | None = Field(default=None, description="selflengthen: the Generator's model (on vLLM a "
+                                        "LoRA adapter such as gen_sft, for a second round); default the server's")
+    extender_model: str | None = Field(default=None, description="selflengthen: the Extender's model (ext_sft); "
+                                       "default the server's")
+    length_demands: bool = Field(default=False, description="selflengthen: the long and sharegpt exports' queries "
+                                 "rewritten to state their response's length (2,000-8,000 words)")
+    lengthen: dict[str, Any] = Field(default_factory=dict, description="selflengthen: params for every lengthen "
+                                     "child (temperature, micro_iterations, continuation, max_initial_attempts, ...)")
+    selflengthen: slb.SelfLengthenOptions = Field(default_factory=slb.SelfLengthenOptions,
+                                                  description="selflengthen: the recipe's knobs")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetParams":
@@ -60,6 +95,35 @@ class DatasetParams(BaseModel):
         if self.items is not None and not self.items:
             raise ValueError("items is empty")
         return self
+
+    @model_validator(mode="after")
+    def _recipe_fields(self) -> "DatasetParams":
+        other = "selflengthen" if self.recipe == "longwriter" else "longwriter"
+        foreign = SELFLENGTHEN_ONLY if self.recipe == "longwriter" else LONGWRITER_ONLY
+        for name in foreign:
+            if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].get_default(
+                    call_default_factory=True):
+                raise ValueError(f"{name} applies to the {other} recipe, not to recipe {self.recipe!r}")
+        if self.formats is None:
+            self.formats = list(DEFAULT_FORMATS[self.recipe])
+        wrong = [f for f in self.formats if f not in RECIPE_FORMATS[self.recipe]]
+        if wrong:
+            raise ValueError(f"format {wrong[0]!r} is not one of recipe {self.recipe!r}'s: "
+                             f"{', '.join(RECIPE_FORMATS[self.recipe])}")
+        return self
+
+    @field_validator("lengthen")
+    @classmethod
+    def _valid_lengthen_params(cls, lengthen: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        slb.check_lengthen_params(lengthen, info.context)
+        return lengthen
+
+    @field_validator("generator_model", "extender_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("a model name must not be empty (leave it out for the server's model)")
+        return value.strip() if value else value
 
     @field_validator("length_distribution")
     @classmethod
@@ -101,9 +165,12 @@ class DatasetResult(BaseModel):
     rejected_lines: list[RejectedLine] = Field(default_factory=list, description="input lines that were not instructions")
     lengths: list[ItemLength] = Field(default_factory=list, description="each item's target length and its source, in item order")
     length_sources: dict[str, int] = Field(default_factory=dict, description="items by length source: given, parsed, drawn")
+    recipe: Literal["longwriter", "selflengthen"] = Field("longwriter", description="the recipe that built it")
 
 
 async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
+    if params.recipe == "selflengthen":
+        return DatasetResult(**await slb.run(ctx, params))
     async def resolve_items() -> dict[str, Any]:
         if params.items is not None:
             return {"items": [i.model_dump() for i in params.items], "rejected_lines": []}
@@ -218,7 +285,7 @@ def write_export(children: list[ChildJob], params: DatasetParams, out_dir: Path,
 
 KIND = JobKind(
     name="dataset",
-    description="batch-build an SFT dataset from write jobs",
+    description="batch-build an SFT dataset: from write jobs (recipe longwriter) or by Self-Lengthen (selflengthen)",
     params=DatasetParams,
     result=DatasetResult,
     run=run,

@@ -255,9 +255,10 @@ class LongformClient:
         """Start a dataset build; the answer lists `rejected_lines` of a JSONL source."""
         return self._json("POST", "/v1/datasets", json=body)
 
-    def export_dataset(self, dataset_id: str, fmt: str = "longwriter", state_length: bool | None = None) -> str:
-        """JSONL; `state_length` None: the dataset's own setting."""
-        params: dict[str, Any] = {"format": fmt}
+    def export_dataset(self, dataset_id: str, fmt: str | None = None, state_length: bool | None = None) -> str:
+        """JSONL; `fmt` None: the recipe's first format (longwriter, or long); `state_length` None:
+        the dataset's own setting."""
+        params: dict[str, Any] = {"format": fmt} if fmt else {}
         if state_length is not None:
             params["state_length"] = "true" if state_length else "false"
         return self._request("GET", f"/v1/datasets/{dataset_id}/export", params=params, timeout=300.0).text

@@ -18,7 +18,7 @@ from db.session import Database
 
 def child_job(job: Job) -> ChildJob:
     return ChildJob(id=job.id, status=job.status, params=job.params or {}, result=job.result,
-                    created_at=job.created_at, finished_at=job.finished_at)
+                    created_at=job.created_at, finished_at=job.finished_at, error=job.error)
 
 
 def read_children(session, parent_id: str, *, finished_only: bool = False, exclude: Iterable[str] = ()) -> list[ChildJob]:
@@ -65,12 +65,13 @@ class DbJobServices:
 
         return await self._read(load)
 
-    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]], priority: int) -> list[str]:
+    async def spawn_children(self, parent_id: str, kind: str, params_list: list[dict[str, Any]], priority: int,
+                             start: int = 0) -> list[str]:
         def create() -> list[str]:
             with self.db.session() as session:
                 parent = repo.get_job(session, parent_id)
                 ids = []
-                for index, params in enumerate(params_list):
+                for index, params in enumerate(params_list, start):
                     model = validate_params(kind, params, self.settings)
                     job, _ = repo.create_job(
                         session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,

@@ -13,6 +13,7 @@ from api.serialize import job_json
 from api.state import AppState, get_state
 from agents import dataset as ds
 from agents import dataset_kind
+from agents import selflengthen_build
 from db import repo
 from workers.job_services import read_children
 
@@ -26,8 +27,9 @@ def create_dataset(
     who: Principal = Depends(principal),
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
 ):
-    """Body: the `dataset` params (items | jsonl | document_id | seeds+count, write, gates, formats), an
-    optional priority and an optional prompt_set (its write jobs render from it)."""
+    """Body: the `dataset` params (recipe; items | jsonl | document_id | seeds+count; write, gates, formats;
+    for recipe selflengthen protocol, generator_model, extender_model, length_demands, lengthen and
+    selflengthen), an optional priority and an optional prompt_set (its child jobs render from it)."""
     params = dict(body)
     priority = params.pop("priority", 5)
     if not isinstance(priority, int) or not 0 <= priority <= 9:
@@ -65,7 +67,8 @@ def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Prin
 @router.get("/datasets/{dataset_id}/export")
 def export_dataset(
     dataset_id: str,
-    format: str = Query(default="longwriter", description="longwriter (messages), alpaca or sharegpt"),
+    format: str | None = Query(default=None, description="recipe longwriter: longwriter (messages, the default), "
+                               "alpaca or sharegpt; recipe selflengthen: long (the default), gen_sft, ext_sft or sharegpt"),
     state_length: bool | None = Query(
         default=None, description="state the target length in the user turn when the instruction does not "
                                   "(default: the dataset's `state_length`, true unless built with false)"),
@@ -73,13 +76,22 @@ def export_dataset(
     who: Principal = Depends(principal),
 ):
     """JSONL of the items that pass the gates so far: works while running and after a cancel."""
-    if format not in dataset_kind.FORMATS:
+    if format is not None and format not in dataset_kind.FORMATS:
         raise HTTPException(422, f"format must be one of {', '.join(dataset_kind.FORMATS)}")
     job = _dataset_job(state, dataset_id, who)
-    gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
-    if state_length is None:
-        state_length = job["params"].get("state_length") is not False
-    records, _stats = _export(state, dataset_id, gates, format, state_length)
+    recipe = job["params"].get("recipe") or "longwriter"
+    format = format or dataset_kind.DEFAULT_FORMATS[recipe][0]
+    if format not in dataset_kind.RECIPE_FORMATS[recipe]:
+        raise HTTPException(422, f"format {format!r} is not one of recipe {recipe!r}'s: "
+                                 f"{', '.join(dataset_kind.RECIPE_FORMATS[recipe])}")
+    if recipe == "selflengthen":
+        records, _stats = _selflengthen_export(state, job, format)
+        records = records[format]
+    else:
+        gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
+        if state_length is None:
+            state_length = job["params"].get("state_length") is not False
+        records, _stats = _export(state, dataset_id, gates, format, state_length)
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return StreamingResponse(
         lines, media_type="application/x-ndjson",
@@ -90,9 +102,20 @@ def export_dataset(
 @router.get("/datasets/{dataset_id}/stats")
 def dataset_stats(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     job = _dataset_job(state, dataset_id, who)
+    if job["params"].get("recipe") == "selflengthen":
+        return _selflengthen_export(state, job, "long")[1]
     gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
     _records, stats = _export(state, dataset_id, gates, "longwriter")
     return stats
+
+
+def _selflengthen_export(state: AppState, job: dict[str, Any], fmt: str):
+    """From the build's stored steps and its children, as the job itself exports."""
+    with state.db.reading() as session:
+        children = read_children(session, job["id"])
+        steps = repo.succeeded_steps(session, job["id"])
+    overlay = state.settings.prompt_overlay(job.get("prompt_set"))
+    return selflengthen_build.export(job["params"], steps, children, fmt, overlay=overlay)
 
 
 def _export(state: AppState, dataset_id: str, gates: ds.GateSettings, fmt: str, state_length: bool = True):
