@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024
     max_document_bytes: int = 20 * 1024 * 1024
     max_target_words: int = 100_000
+    # The length controller plans sections (AgentWrite) above this many words for one answer
+    # (never more than the model's context leaves for one call).
+    length_single_call_words: int = 1500
     # Workers
     worker_concurrency: int = 128  # jobs one worker process runs at once (asyncio)
     job_lease_seconds: float = 60.0  # a running job whose heartbeat is older is taken over

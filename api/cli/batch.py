@@ -1,4 +1,4 @@
-"""Batch commands: `longform eval longbench-write|longen` and `longform dataset build|export`.
+"""Batch commands: `longform eval longbench-write|longen|tlg` and `longform dataset build|export`.
 
 Both run real jobs through the REST API (so they use the server's workers, model pool and
 checkpoints); `eval --local` instead runs the agents in this process on the configured model.
@@ -230,6 +230,97 @@ def longen(ctx, file, methods, protocols, limit, concurrency, out_dir, local, pa
                        f"{total} runs in {time.monotonic() - started:.0f} s")
 
 
+@eval_group.command("tlg")
+@click.option("--instructions", "instruction_file", type=click.Path(exists=True, dir_okay=False),
+              help='A JSONL of instructions ({"instruction"} or {"Instruction"} or {"prompt"} per line, e.g. OpenHermes '
+                   "converted); default: the bundled set written for Longform (agents/evaldata/tlg_instructions.jsonl).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["prompt", "mlt", "controlled"]),
+              help="Length mode to run; repeatable (default: prompt and controlled, side by side).")
+@click.option("--seed", type=int, default=10, show_default=True, help="Seed of the shuffle and of the drawn targets (Ruler's is 10).")
+@click.option("--per-target", type=click.IntRange(min=1), help="A balanced set: N items per target (9N in all) instead of uniform draws.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the set (Ruler's set is the first 2,000).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Jobs in flight at once.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-tlg", show_default=True,
+              help="Directory for report.json, table.txt, plot.png and tlg.jsonl (the set, Ruler's records).")
+@click.option("--local", is_flag=True, help="Run the chat jobs in this process on the configured model instead of as API jobs.")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A chat param for every job (e.g. model=..., max_tokens=4096); repeatable.")
+@click.pass_context
+def tlg(ctx, instruction_file, modes, seed, per_target, limit, concurrency, out_dir, local, pairs) -> None:
+    """Ruler's Target Length Generation: each instruction gets one of nine targets (10, 30,
+    50, 80, 150, 300, 500, 700, >800 words), drawn uniformly with --seed (or --per-target N
+    each), and runs as a chat job per mode: prompt (Ruler's baseline sentence, temperature
+    0, max_tokens 2048), mlt (Meta Length Tokens, for Ruler-trained models) or controlled
+    (the length controller). Words are counted as \\w+ runs. Reports PM and FM per level and
+    All Level (an answer failing the quality filters is a miss), the filter pass rate,
+    exact-length rate and RMSE; the last line is one JSON object:
+    {"prompt": {"PM": .., "FM": .., "filter_pass": ..}, "controlled": {..}}."""
+    from agents import tlg as tl
+
+    try:
+        instructions = tl.load_instructions(instruction_file or tl.BUNDLED_INSTRUCTIONS)
+        items = tl.build_set(instructions, seed=seed, per_target=per_target, limit=limit)
+    except tl.InstructionFileError as exc:
+        raise CliFailure(str(exc), 2) from None
+    except ValueError as exc:  # --per-target larger than the file allows
+        raise CliFailure(f"--per-target: {exc}", 2) from None
+    modes = list(dict.fromkeys(modes)) or list(tl.DEFAULT_MODES)
+    params = parse_params(None, None, pairs)
+    if local:
+        from agents.llm.factory import make_llm_client
+
+        _check_chat_length_modes(_local_chat_params(), "this installation")
+        settings = load_settings()
+        run_item = tl.local_runner(make_llm_client(settings), settings=settings, params=params)
+    else:
+        client = make_client(ctx)
+        chat = next((k for k in client.list_kinds() if k["kind"] == "chat"), None)
+        _check_chat_length_modes(set(((chat or {}).get("params_schema") or {}).get("properties") or {}) if chat else None,
+                                 f"the API at {client.base_url}")
+        run_item = _api_runner(ctx, lambda item, mode, protocol: tl.job_for(item, mode, protocol, params))
+    total = len(items) * len(modes)
+    set_info = {"instructions": str(instruction_file) if instruction_file else "bundled", "seed": seed,
+                "per_target": per_target, "limit": limit, "size": len(items), "targets": tl.target_counts(items)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tlg.jsonl").write_text("".join(json.dumps(i.record(), ensure_ascii=False) + "\n" for i in items),
+                                   encoding="utf-8")
+    note(f"TLG set: {len(items)} items ({', '.join(f'{t}: {n}' for t, n in set_info['targets'].items())}), "
+         f"modes {', '.join(modes)}")
+
+    def progress(outcome: dict[str, Any]) -> str:
+        line = (f"{outcome['mode']:10s} #{outcome['index']:<4d} target={outcome['target']:>4s} "
+                f"words={outcome['word_count']} PM={int(outcome['pm'])} FM={int(outcome['fm'])}"
+                + ("" if outcome["passes_filters"] else " (fails the filters)"))
+        return line + (f" failed: {outcome['error'][:160]}" if outcome["error"] else "")
+
+    started = time.monotonic()
+    report = run_eval(lambda on_outcome: tl.run_tlg(items, run_item, modes, concurrency=concurrency,
+                                                    on_outcome=on_outcome), total, progress)
+    report["set"] = set_info
+    write_eval_outputs(out_dir, report, tl.render_table(report), tl.write_plot, tl.summary_line(report),
+                       f"{total} runs in {time.monotonic() - started:.0f} s")
+
+
+def _local_chat_params() -> set[str] | None:
+    """The param names of this installation's `chat` kind (None when it does not load)."""
+    from agents.kinds import UnknownKind, get_kind
+
+    try:
+        return set(get_kind("chat").params.model_fields)
+    except UnknownKind:
+        return None
+
+
+def _check_chat_length_modes(params: set[str] | None, where: str) -> None:
+    """TLG needs a `chat` kind that takes `target_words` and `length_mode` (exit 2 otherwise)."""
+    if params is None:
+        raise CliFailure(f"TLG runs chat jobs, and {where} has no job kind 'chat'", 2)
+    missing = [p for p in ("target_words", "length_mode") if p not in params]
+    if missing:
+        raise CliFailure(f"TLG needs a chat kind with {' and '.join(missing)}; {where} has an older one", 2)
+
+
 def _local_kind_texts(kinds: set[str]) -> dict[str, str]:
     """{kind: the result field of its main text} for each of `kinds` that loads here."""
     from agents.kinds import UnknownKind, get_kind
@@ -264,17 +355,31 @@ def _available_methods(requested: list[str], known: tuple[str, ...], method_kind
 
 @cli.group("dataset")
 def dataset_group() -> None:
-    """Batch-build SFT datasets (LongWriter-6k style) from write jobs."""
+    """Batch-build SFT datasets: LongWriter-6k style from write jobs, or by Self-Lengthen (--recipe selflengthen)."""
+
+
+DATASET_FORMATS = ["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft"]
 
 
 @dataset_group.command("build")
 @click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--seed", "seeds", multiple=True, help="A seed prompt to generate instructions from; repeatable (with --count).")
 @click.option("--count", type=click.IntRange(min=1), help="How many instructions to generate from the seeds.")
-@click.option("--method", type=click.Choice(["agentwrite", "single"]), default="agentwrite", show_default=True)
-@click.option("--format", "formats", multiple=True, type=click.Choice(["longwriter", "alpaca", "sharegpt"]),
-              help="Export format; repeatable (default: longwriter).")
-@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE", help="A write param for every item; repeatable.")
+@click.option("--recipe", type=click.Choice(["longwriter", "selflengthen"]), default="longwriter", show_default=True,
+              help="longwriter: one write job per instruction (--method); selflengthen: Self-Lengthen's pipeline "
+                   "(self-instruct from --seed, two Generator answers each, lengthen children, length-biased sampling).")
+@click.option("--method", type=click.Choice(["agentwrite", "single"]), default="agentwrite", show_default=True,
+              help="The write method of the longwriter recipe.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(DATASET_FORMATS),
+              help="Export format; repeatable (default: longwriter; selflengthen: long, gen_sft, ext_sft and sharegpt).")
+@click.option("--protocol", type=click.Choice(["paper", "controlled"]),
+              help="selflengthen: the lengthen children's protocol (default paper: 3 micro-iterations, the 1.2x gate).")
+@click.option("--length-demands", is_flag=True,
+              help="selflengthen: rewrite the long/sharegpt queries to state their response's length (2,000-8,000 words).")
+@click.option("--generator-model", metavar="NAME", help="selflengthen: the Generator's model (a second round: gen_sft).")
+@click.option("--extender-model", metavar="NAME", help="selflengthen: the Extender's model (a second round: ext_sft).")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A write param for every item (selflengthen: a lengthen param for every child); repeatable.")
 @click.option("--gate", "gate_pairs", multiple=True, metavar="KEY=VALUE", help="A quality-gate setting (e.g. length_tolerance=0.3); repeatable.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write the export here when the build ends.")
 @click.option("--no-watch", is_flag=True, help="Print the dataset job id and return.")
@@ -285,19 +390,34 @@ def dataset_group() -> None:
 @click.option("--no-state-length", is_flag=True, help="Exports do not state the target length in the user turn.")
 @click.option("--prompt-set", metavar="NAME", help="Render every item's write job from this prompt set: A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs, out_file, no_watch, prompt_set,
-                  lengths_spec, length_seed, no_state_length) -> None:
+def dataset_build(ctx, source, seeds, count, recipe, method, formats, protocol, length_demands, generator_model,
+                  extender_model, pairs, gate_pairs, out_file, no_watch, prompt_set, lengths_spec, length_seed,
+                  no_state_length) -> None:
     """Build a dataset from SOURCE, a JSONL of instructions ({"instruction"|"prompt", optional
     "target_words"|"length"} per line), or from --seed prompts with --count."""
     if bool(source) == bool(seeds):
         raise CliFailure("give a JSONL file of instructions, or --seed prompts with --count", 2)
     if seeds and not count:
         raise CliFailure("--count is required with --seed", 2)
-    body: dict[str, Any] = {
-        "write": {"method": method, **parse_params(None, None, pairs)},
-        "gates": parse_params(None, None, gate_pairs),
-        "formats": list(formats) or ["longwriter"],
-    }
+    if recipe == "selflengthen":
+        if ctx.get_parameter_source("method") is not click.core.ParameterSource.DEFAULT:
+            raise CliFailure("--method applies to the longwriter recipe (selflengthen answers with its Generator "
+                             "and extends with lengthen jobs)", 2)
+        body: dict[str, Any] = {"recipe": recipe, "lengthen": parse_params(None, None, pairs)}
+        if gate_pairs:
+            body["gates"] = parse_params(None, None, gate_pairs)  # refused by the server, naming the field
+        if formats:
+            body["formats"] = list(formats)
+    else:
+        body = {
+            "write": {"method": method, **parse_params(None, None, pairs)},
+            "gates": parse_params(None, None, gate_pairs),
+            "formats": list(formats) or ["longwriter"],
+        }
+    for name, value in (("protocol", protocol), ("generator_model", generator_model),
+                        ("extender_model", extender_model), ("length_demands", length_demands or None)):
+        if value is not None:
+            body[name] = value  # the server refuses them for the longwriter recipe
     if source:
         raw = Path(source).read_bytes()
         try:
@@ -329,11 +449,11 @@ def dataset_build(ctx, source, seeds, count, method, formats, pairs, gate_pairs,
     report_outcome(final)
     result = final.get("result") or {}
     if result.get("stats"):
-        note(json.dumps({k: result["stats"].get(k) for k in ("items", "kept", "gates") if k in result["stats"]}))
+        note(json.dumps({k: result["stats"].get(k) for k in ("items", "kept", "gates", "formats") if k in result["stats"]}))
     if final["status"] != "succeeded" and not out_file:
         ctx.exit(1)
     if out_file:
-        _export(client, final["id"], (list(formats) or ["longwriter"])[0], out_file)
+        _export(client, final["id"], (list(formats) or [{"selflengthen": "long"}.get(recipe, "longwriter")])[0], out_file)
     click.echo(final["id"])
 
 
@@ -360,7 +480,9 @@ def _note_rejected(source: str | None, rejected: list[dict[str, Any]] | None) ->
 
 @dataset_group.command("export")
 @click.argument("dataset_id")
-@click.option("--format", "fmt", type=click.Choice(["longwriter", "alpaca", "sharegpt"]), default="longwriter", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(DATASET_FORMATS),
+              help="longwriter recipe: longwriter (default), alpaca, sharegpt; selflengthen: long (default), gen_sft, "
+                   "ext_sft, sharegpt.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
 @click.option("--state-length/--no-state-length", default=None,
               help="State the target length in the user turn when the instruction does not (default: as the dataset was built, normally yes).")
