@@ -32,7 +32,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from agents.settings import Settings
 from agents.metrics.longbench_write import (
@@ -42,6 +42,8 @@ from agents.metrics.longbench_write import (
     overall_score,
     unjudged_reason,
 )
+
+T = TypeVar("T")
 
 LENGTH_BINS: tuple[tuple[str, int, float], ...] = (
     ("[0,500)", 0, 500),
@@ -70,15 +72,19 @@ class PromptSetError(ValueError):
     """The prompt set file is malformed; the message lists every bad line by number."""
 
 
-def load_prompt_set(path: str | Path) -> list[EvalItem]:
-    """Read a LongBench-Write-format JSONL file. Any bad line fails the load (a benchmark
-    with silently missing prompts would be misleading), with every problem listed."""
+def read_jsonl_items(
+    path: str | Path, error: type[ValueError], what: str, parse: Callable[[dict[str, Any], int, int], T]
+) -> list[T]:
+    """The items of a JSONL file, `parse(row, line_number, index)` making one of each non-blank
+    line (raising ValueError for a bad one). Any bad line fails the load (a benchmark with
+    silently missing items would be misleading), the problems listed by line number; raised
+    as `error`, as is a file that is not UTF-8 or has no `what`."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptSetError(f"{path}: not UTF-8 ({exc})") from exc
-    items: list[EvalItem] = []
+        raise error(f"{path}: not UTF-8 ({exc})") from exc
+    items: list[T] = []
     problems: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -87,21 +93,30 @@ def load_prompt_set(path: str | Path) -> list[EvalItem]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError('"prompt" must be a non-empty string')
-            length = row.get("length")
-            if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-                raise ValueError('"length" must be a positive integer')
-            kind = row.get("type") or "unknown"
-            items.append(EvalItem(len(items), prompt, str(kind), length))
-        except ValueError as exc:
+            items.append(parse(row, number, len(items)))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
             problems.append(f"line {number}: {exc}")
     if problems:
-        raise PromptSetError(f"{path}: " + "; ".join(problems))
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise error(f"{path}: " + "; ".join(shown))
     if not items:
-        raise PromptSetError(f"{path}: no prompts")
+        raise error(f"{path}: no {what}")
     return items
+
+
+def load_prompt_set(path: str | Path) -> list[EvalItem]:
+    """Read a LongBench-Write-format JSONL file ({"prompt", "type", "length"} per line)."""
+
+    def parse(row: dict[str, Any], _number: int, index: int) -> EvalItem:
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError('"prompt" must be a non-empty string')
+        length = row.get("length")
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            raise ValueError('"length" must be a positive integer')
+        return EvalItem(index, prompt, str(row.get("type") or "unknown"), length)
+
+    return read_jsonl_items(path, PromptSetError, "prompts", parse)
 
 
 def length_bin(length: int) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from agents.evaluation import (
     PromptSetError,
+    read_jsonl_items,
     arm_label,
     local_job_runner,
     plot_panels,
@@ -88,39 +89,22 @@ def load_longen(path: str | Path) -> list[LonGenItem]:
     """Read a LonGen-format JSONL file. Any bad line fails the load, with every problem
     listed by line number. `language` defaults to the query's script, `range` to a band
     derived from the constraint."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LonGenFileError(f"{path}: not UTF-8 ({exc})") from exc
-    items: list[LonGenItem] = []
-    problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+
+    def parse(row: dict[str, Any], _number: int, index: int) -> LonGenItem:
+        query = _text_field(row, "query")
+        kind = _text_field(row, "type")
+        if kind not in CONSTRAINT_TYPES:
+            raise ValueError(f'"type" must be one of {", ".join(CONSTRAINT_TYPES)}, got {kind!r}')
+        constraint = _text_field(row, "constraint")
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-            query = _text_field(row, "query")
-            kind = _text_field(row, "type")
-            if kind not in CONSTRAINT_TYPES:
-                raise ValueError(f'"type" must be one of {", ".join(CONSTRAINT_TYPES)}, got {kind!r}')
-            constraint = _text_field(row, "constraint")
-            try:
-                low, high = constraint_interval(kind, constraint)
-            except ConstraintError as exc:
-                raise ValueError(f'"constraint": {exc}') from None
-            language = _text_field(row, "language", required=False) or detect_language(query)
-            band = _text_field(row, "range", required=False) or derived_range(kind, low, high)
-            items.append(LonGenItem(len(items), query, language, kind, constraint, band, low, high))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            problems.append(f"line {number}: {exc}")
-    if problems:
-        raise LonGenFileError(f"{path}: " + "; ".join(problems))
-    if not items:
-        raise LonGenFileError(f"{path}: no queries")
-    return items
+            low, high = constraint_interval(kind, constraint)
+        except ConstraintError as exc:
+            raise ValueError(f'"constraint": {exc}') from None
+        language = _text_field(row, "language", required=False) or detect_language(query)
+        band = _text_field(row, "range", required=False) or derived_range(kind, low, high)
+        return LonGenItem(index, query, language, kind, constraint, band, low, high)
+
+    return read_jsonl_items(path, LonGenFileError, "queries", parse)
 
 
 # -- runs ----------------------------------------------------------------------------------------

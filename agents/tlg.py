@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
-from agents.evaluation import PromptSetError, local_job_runner, plot_panels, run_arms, text_table
+from agents.evaluation import PromptSetError, local_job_runner, plot_panels, read_jsonl_items, run_arms, text_table
 from agents.length_control import quality_filters
 from agents.metrics.ruler import LEVELS, TLG_TARGETS, baseline_sentence, fm_hit, level_of, pm_hit, strip_mlt
 from agents.settings import Settings
@@ -115,35 +115,17 @@ def load_instructions(path: str | Path) -> list[Instruction]:
     "instruction", "Instruction" or "prompt" (the first present is taken; other fields are
     ignored). Blank lines are skipped; any bad line fails the load, every problem listed by
     line number."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InstructionFileError(f"{path}: not UTF-8 ({exc})") from exc
-    out: list[Instruction] = []
-    problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-            key = next((k for k in INSTRUCTION_KEYS if k in row), None)
-            if key is None:
-                raise ValueError('no "instruction", "Instruction" or "prompt" field')
-            value = row[key]
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f'"{key}" must be a non-empty string')
-            out.append(Instruction(number, value.strip()))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            problems.append(f"line {number}: {exc}")
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise InstructionFileError(f"{path}: " + "; ".join(shown))
-    if not out:
-        raise InstructionFileError(f"{path}: no instructions")
-    return out
+
+    def parse(row: dict[str, Any], number: int, _index: int) -> Instruction:
+        key = next((k for k in INSTRUCTION_KEYS if k in row), None)
+        if key is None:
+            raise ValueError('no "instruction", "Instruction" or "prompt" field')
+        value = row[key]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f'"{key}" must be a non-empty string')
+        return Instruction(number, value.strip())
+
+    return read_jsonl_items(path, InstructionFileError, "instructions", parse)
 
 
 def build_set(
