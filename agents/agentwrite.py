@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from agents import agentwrite_paper as paper
 from agents.context import JobContext
-from agents.kinds import JobKind, ResultView, Score
+from agents.kinds import Instruction, JobKind, ResultView, Score
 from agents import length_control as lc
 from agents.length_target import (
     LengthDemand,
@@ -126,7 +126,7 @@ class WriteParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instruction: str
+    instruction: Instruction
     target_words: int | None = None
     language: Literal["auto", "en", "zh"] = "auto"
     method: Literal["agentwrite", "single"] = "agentwrite"
@@ -139,14 +139,6 @@ class WriteParams(BaseModel):
     max_tokens_per_call: int | None = Field(None, ge=MIN_OUTPUT_TOKENS)
     seed: int | None = None
     judge: bool = True  # score quality when a judge model is configured
-
-    @field_validator("instruction")
-    @classmethod
-    def _instruction_not_empty(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("instruction must not be empty")
-        return value
 
     @field_validator("target_words")
     @classmethod

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import dataset as ds
 from agents import selflengthen_build as slb
 from agents.context import ChildJob, JobContext
-from agents.kinds import JobKind, ResultView
+from agents.kinds import JobKind, ModelName, ResultView
 from agents.length_target import with_stated_length
 from agents.protocol import Protocol
 
@@ -74,9 +74,9 @@ class DatasetParams(BaseModel):
     protocol: Protocol | None = Field(
         default=None, description="selflengthen: paper (default; the lengthen children run the reference's 3 "
                                   "micro-iterations and 1.2x gate) or controlled")
-    generator_model: str | None = Field(default=None, description="selflengthen: the Generator's model (on vLLM a "
+    generator_model: ModelName = Field(default=None, description="selflengthen: the Generator's model (on vLLM a "
                                         "LoRA adapter such as gen_sft, for a second round); default the server's")
-    extender_model: str | None = Field(default=None, description="selflengthen: the Extender's model (ext_sft); "
+    extender_model: ModelName = Field(default=None, description="selflengthen: the Extender's model (ext_sft); "
                                        "default the server's")
     length_demands: bool = Field(default=False, description="selflengthen: the long and sharegpt exports' queries "
                                  "rewritten to state their response's length (2,000-8,000 words)")
@@ -118,12 +118,6 @@ class DatasetParams(BaseModel):
         slb.check_lengthen_params(lengthen, info.context)
         return lengthen
 
-    @field_validator("generator_model", "extender_model")
-    @classmethod
-    def _model_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("a model name must not be empty (leave it out for the server's model)")
-        return value.strip() if value else value
 
     @field_validator("length_distribution")
     @classmethod

@@ -22,11 +22,29 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, ValidationError, model_serializer
+from pydantic import AfterValidator, BaseModel, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 log = logging.getLogger(__name__)
+
+def _instruction(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("instruction must not be empty")
+    return value
+
+
+def _model_name(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("a model name must not be empty (leave it out for the server's model)")
+    return value.strip() if value else value
+
+
+# Param types kinds share: a writing instruction (stripped, not empty), a model name (None:
+# the server's model; submit also checks that a server lists it, api/served_models.py).
+Instruction = Annotated[str, AfterValidator(_instruction)]
+ModelName = Annotated[str | None, AfterValidator(_model_name)]
 
 ENTRY_POINT_GROUP = "longform.kinds"
 BUILTIN_KINDS = {

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from agents import length_control as lc
 from agents.context import JobContext
-from agents.kinds import AbsentStaysAbsent, JobKind, ResultView, Score
+from agents.kinds import AbsentStaysAbsent, Instruction, JobKind, ModelName, ResultView, Score
 from agents.length_target import LengthDemandRecord, given_demand, read_length_demand
 from agents.llm.types import GenOptions, LLMBadRequest
 from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
@@ -74,7 +74,7 @@ class LengthenParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instruction: str = Field(description="the writing instruction the text answers")
+    instruction: Instruction = Field(description="the writing instruction the text answers")
     text: str | None = Field(None, description="the initial answer; absent: the Generator writes one")
     target_words: int | None = Field(None, description="controlled: the length to reach (+-10%); paper: only reported")
     micro_iterations: int = Field(DEFAULT_MICRO_ITERATIONS, ge=1, le=20,
@@ -83,8 +83,8 @@ class LengthenParams(BaseModel):
                                 description="controlled with a target: at most this many rounds")
     max_initial_attempts: int = Field(DEFAULT_INITIAL_ATTEMPTS, ge=1, le=50,
                                       description="Generator answers tried until one passes the filters")
-    generator_model: str | None = Field(None, description="default: the server's model; on vLLM a LoRA adapter (gen_sft)")
-    extender_model: str | None = Field(None, description="default: the server's model; on vLLM a LoRA adapter (ext_sft)")
+    generator_model: ModelName = Field(None, description="default: the server's model; on vLLM a LoRA adapter (gen_sft)")
+    extender_model: ModelName = Field(None, description="default: the server's model; on vLLM a LoRA adapter (ext_sft)")
     language: Literal["auto", "en", "zh"] = "auto"
     protocol: Protocol = Field("controlled", description=PROTOCOL_FIELD_DESCRIPTION)
     temperature: float = Field(TEMPERATURE, ge=0.0, le=2.0)
@@ -97,14 +97,6 @@ class LengthenParams(BaseModel):
         "auto", description="how Stage 2 continues the kept part: prefill (continue_final_message), chat "
         "(ask for the remainder), or auto (prefill, chat when the server refuses it)")
     seed: int | None = None
-
-    @field_validator("instruction")
-    @classmethod
-    def _instruction_not_empty(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("instruction must not be empty")
-        return value
 
     @field_validator("text")
     @classmethod
@@ -127,13 +119,6 @@ class LengthenParams(BaseModel):
         if value is not None and not 1 <= value <= limit:
             raise ValueError(f"target_words must be between 1 and {limit}, got {value}")
         return value
-
-    @field_validator("generator_model", "extender_model")
-    @classmethod
-    def _model_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("a model name must not be empty (leave it out for the server's model)")
-        return value.strip() if value else value
 
 
 # -- the run -----------------------------------------------------------------------------------------
