@@ -39,6 +39,7 @@ Replay is exact: every prompt is built from `text`, the params and stored step o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -56,6 +57,7 @@ GATE = 1.2  # the reference keeps an extension only when it is more than 1.2x th
 TOLERANCE = 0.1  # controlled: a target counts as reached within +-10%
 DEFAULT_MICRO_ITERATIONS = 3
 DEFAULT_MAX_ITERATIONS = 8
+DEFAULT_EXTENSION_ATTEMPTS = 20  # the reference retries a job whose gate fails up to 20 times
 DEFAULT_INITIAL_ATTEMPTS = 20  # the reference regenerates an initial answer up to 20 times
 # The reference's sampling (llm_client.py), for both roles and both protocols.
 TEMPERATURE, TOP_P, TOP_K, REPETITION_PENALTY = 0.7, 0.8, 20, 1.1
@@ -83,6 +85,9 @@ class LengthenParams(BaseModel):
                                 description="controlled with a target: at most this many rounds")
     max_initial_attempts: int = Field(DEFAULT_INITIAL_ATTEMPTS, ge=1, le=50,
                                       description="Generator answers tried until one passes the filters")
+    extension_attempts: int = Field(DEFAULT_EXTENSION_ATTEMPTS, ge=1, le=50,
+                                    description="paper: fresh tries of the micro-iterations from the initial "
+                                    "answer while the 1.2x gate fails (the reference's 20)")
     generator_model: ModelName = Field(None, description="default: the server's model; on vLLM a LoRA adapter (gen_sft)")
     extender_model: ModelName = Field(None, description="default: the server's model; on vLLM a LoRA adapter (ext_sft)")
     language: Literal["auto", "en", "zh"] = "auto"
@@ -220,42 +225,16 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
     )
     controlled_target = target is not None and not paper
     rounds = params.max_iterations if controlled_target else params.micro_iterations
-
-    best = current = initial["text"]
-    best_words = initial_words
+    # The reference retries a job whose gate fails: fresh rounds from the same initial answer.
+    attempts = params.extension_attempts if paper else 1
     iterations: list[dict[str, Any]] = []
-    stopped = "rounds"
-    for i in range(1, rounds + 1):
-        if controlled_target and best_words >= (1 - TOLERANCE) * target:
-            stopped = "target_reached"
+    for attempt in range(1, attempts + 1):
+        grown = await grow(ctx, params, extender, language, count, initial["text"], rounds,
+                           target if controlled_target else None, attempt, attempts)
+        iterations += grown.iterations
+        if grown.best_words > GATE * initial_words:
             break
-        outcome = await lc.extend(ctx, extender, params.instruction, current, i)
-        if outcome.no_room:
-            message = (f"iteration {i}: the text ({count(current)} words) no longer leaves room for the "
-                       f"{outcome.no_room} step in the model's {ctx.llm.context_window}-token context")
-            if paper:
-                raise LLMBadRequest(message)
-            await ctx.log(message)
-            stopped = "context_full"
-            break
-        words = count(outcome.candidate)
-        reason = lc.failing_filter(outcome.candidate, language) or (None if words > best_words else "not longer")
-        if reason is None:
-            best = current = outcome.candidate
-            best_words = words
-        iterations.append({
-            "iteration": i, "split": outcome.split, "pieces": outcome.pieces,
-            "first_half_pieces": outcome.first_half_pieces, "expansion_words": count(outcome.expansion),
-            "expansion_paragraphs": outcome.expansion_paragraphs, "kept_paragraphs": outcome.kept_paragraphs,
-            "kept_words": count(outcome.kept), "continuation_words": count(outcome.continuation),
-            "continued_with": outcome.continued_with, "fallback_reason": outcome.fallback_reason,
-            "candidate": outcome.candidate, "words": words, "accepted": reason is None, "reason": reason,
-            "best_words": best_words,
-        })
-        await ctx.progress(i, rounds, words=best_words, accepted=reason is None, reason=reason)
-    else:
-        if controlled_target:
-            stopped = "target_reached" if best_words >= (1 - TOLERANCE) * target else "max_iterations"
+    best, best_words, stopped = grown.best, grown.best_words, grown.stopped
 
     text, trimmed = best, False
     if controlled_target and best_words > (1 + TOLERANCE) * target:
@@ -263,11 +242,13 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
         trimmed = text != best
     word_count = count(text)
     ratio = round(best_words / initial_words, 4) if initial_words else 0.0
-    gate = {"required_ratio": GATE, "ratio": ratio, "passed": best_words > GATE * initial_words, "enforced": paper}
+    gate = {"required_ratio": GATE, "ratio": ratio, "passed": best_words > GATE * initial_words, "enforced": paper,
+            "attempts": grown.attempt}
     if paper and not gate["passed"]:
         raise ValueError(f"the final gate failed: the best text has {best_words} words, not more than {GATE} x the "
-                         f"initial answer's {initial_words} ({ratio:.2f}x after {len(iterations)} micro-iterations, "
-                         f"{sum(it['accepted'] for it in iterations)} accepted)")
+                         f"initial answer's {initial_words} ({ratio:.2f}x; {attempts} attempts of "
+                         f"{rounds} micro-iterations, {sum(it['accepted'] for it in iterations)} of "
+                         f"{len(iterations)} candidates accepted)")
 
     used = {it["continued_with"] for it in iterations} - {None}
     continuation = "none" if not used else used.pop() if len(used) == 1 else "mixed"
@@ -278,7 +259,7 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
         "language": language,
         "initial": {**initial, "words": initial_words},
         "iterations": iterations,
-        "words_per_iteration": [initial_words] + [it["best_words"] for it in iterations],
+        "words_per_iteration": [initial_words] + [it["best_words"] for it in grown.iterations],
         "target_words": target,
         "target_source": target_source,
         "length_demand": demand.as_dict() if demand is not None else None,
@@ -295,6 +276,59 @@ async def run(ctx: JobContext, params: LengthenParams) -> dict[str, Any]:
     if target is not None:
         result.update(lc.length_report(word_count, target))
     return result
+
+
+@dataclass
+class Grown:
+    """One attempt's rounds: the best text and every candidate."""
+
+    attempt: int
+    best: str
+    best_words: int
+    iterations: list[dict[str, Any]]
+    stopped: str
+
+
+async def grow(ctx: JobContext, params: LengthenParams, extender: lc.Extender, language: str, count,
+               initial_text: str, rounds: int, target: int | None, attempt: int, attempts: int) -> Grown:
+    """Rounds of the Extender from the initial answer; with a target, until within 10% of it.
+    Attempt 1's steps are `expand/{i}` and `continue/{i}`, a later attempt's
+    `attempt/{a}/expand/{i}`...: distinct keys, so distinct seeds and fresh samples."""
+    key_prefix = "" if attempt == 1 else f"attempt/{attempt}/"
+    best = current = initial_text
+    best_words = count(initial_text)
+    iterations: list[dict[str, Any]] = []
+    stopped = "rounds"
+    for i in range(1, rounds + 1):
+        if target is not None and best_words >= (1 - TOLERANCE) * target:
+            return Grown(attempt, best, best_words, iterations, "target_reached")
+        outcome = await lc.extend(ctx, extender, params.instruction, current, i, key_prefix)
+        if outcome.no_room:
+            message = (f"iteration {i}: the text ({count(current)} words) no longer leaves room for the "
+                       f"{outcome.no_room} step in the model's {ctx.llm.context_window}-token context")
+            if params.protocol == "paper":
+                raise LLMBadRequest(message)
+            await ctx.log(message)
+            return Grown(attempt, best, best_words, iterations, "context_full")
+        words = count(outcome.candidate)
+        reason = lc.failing_filter(outcome.candidate, language) or (None if words > best_words else "not longer")
+        if reason is None:
+            best = current = outcome.candidate
+            best_words = words
+        iterations.append({
+            "attempt": attempt, "iteration": i, "split": outcome.split, "pieces": outcome.pieces,
+            "first_half_pieces": outcome.first_half_pieces, "expansion_words": count(outcome.expansion),
+            "expansion_paragraphs": outcome.expansion_paragraphs, "kept_paragraphs": outcome.kept_paragraphs,
+            "kept_words": count(outcome.kept), "continuation_words": count(outcome.continuation),
+            "continued_with": outcome.continued_with, "fallback_reason": outcome.fallback_reason,
+            "candidate": outcome.candidate, "words": words, "accepted": reason is None, "reason": reason,
+            "best_words": best_words,
+        })
+        await ctx.progress(i, rounds, words=best_words, accepted=reason is None, reason=reason,
+                           attempt=attempt, attempts=attempts)
+    if target is not None:
+        stopped = "target_reached" if best_words >= (1 - TOLERANCE) * target else "max_iterations"
+    return Grown(attempt, best, best_words, iterations, stopped)
 
 
 def templates_used(extender: lc.Extender, iterations: list[dict[str, Any]]) -> list[str]:
@@ -330,9 +364,10 @@ def differences(params: LengthenParams, initial: dict[str, Any], iterations: lis
         ("temperature", params.temperature, TEMPERATURE), ("top_p", params.top_p, TOP_P),
         ("top_k", params.top_k, TOP_K), ("repetition_penalty", params.repetition_penalty, REPETITION_PENALTY),
         ("max_initial_attempts", params.max_initial_attempts, DEFAULT_INITIAL_ATTEMPTS),
+        ("extension_attempts", params.extension_attempts, DEFAULT_EXTENSION_ATTEMPTS),
     ):
-        if value != paper_value and not (knob == "micro_iterations" and params.protocol == "controlled"
-                                          and target is not None):
+        if value != paper_value and not (knob in ("micro_iterations", "extension_attempts")
+                                          and params.protocol == "controlled" and target is not None):
             out.append(f"{knob}: {value} (paper: {paper_value})")
     if initial["source"] == "given":
         out.append("initial answer: given, not filtered (paper: the Generator's, regenerated until it passes "
@@ -372,6 +407,7 @@ class Iteration(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    attempt: int = Field(description="paper: which try of the micro-iterations (a failed gate starts another)")
     iteration: int
     split: Literal["blank_lines", "lines"] = Field(description="how the text was split into pieces")
     pieces: int
@@ -399,6 +435,7 @@ class Gate(BaseModel):
     ratio: float = Field(description="words(best before any trim) / words(initial)")
     passed: bool
     enforced: bool = Field(description="paper: a failed gate fails the job; controlled: reported only")
+    attempts: int = Field(description="tries of the micro-iterations run (paper retries a failed gate)")
 
 
 class LengthenModels(BaseModel):
@@ -419,7 +456,8 @@ class LengthenResult(AbsentStaysAbsent):
     language: Literal["en", "zh"]
     initial: InitialAnswer
     iterations: list[Iteration]
-    words_per_iteration: list[int] = Field(description="the best text's words: initially, then after each iteration")
+    words_per_iteration: list[int] = Field(
+        description="the best text's words: initially, then after each iteration of the last attempt")
     target_words: int | None
     length_demand: LengthDemandRecord | None = Field(
         None, description="how the length was read (the given target_words, or the instruction's demand: "
@@ -449,7 +487,7 @@ KIND = JobKind(
     params=LengthenParams,
     result=LengthenResult,
     run=run,
-    version=2,  # 2: controlled writes to the demand's aim (length_target.read_length_demand)
+    version=3,  # 2: controlled writes to the demand's aim; 3: paper retries a failed gate
     view=ResultView(text="text", transcript="iterations"),
     scores=result_scores,
 )

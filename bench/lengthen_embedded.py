@@ -2,12 +2,13 @@
 
 The first four English prompts of the bundled LongBench-Write set whose required length is
 1,000 to 2,000 words, each given as the instruction only: the Generator answers, then three
-micro-iterations, then the paper's 1.2x gate. Prints per item the initial answer's words,
-each iteration's candidate (accepted, or the filter that rejected it), the growth and the
-gate; last line one JSON object:
-{"items": 4, "passed_gate": k, "growth": [...], "rejections": {reason: n}, "wall_s": x}.
+micro-iterations, then the paper's 1.2x gate, tried again from the initial answer while it
+fails (the reference's 20 attempts; `--extension-attempts`). Prints per item the initial
+answer's words, each iteration's candidate (accepted, or the filter that rejected it), the
+growth, the attempts and the gate; last line one JSON object:
+{"items": 4, "passed_gate": k, "growth": [...], "attempts": [...], "rejections": {reason: n}, "wall_s": x}.
 
-    .venv/bin/python bench/lengthen_embedded.py [--items 4] [--model-path FILE.gguf]
+    .venv/bin/python bench/lengthen_embedded.py [--items 4] [--extension-attempts 20] [--model-path FILE.gguf]
 
 Runs in this process on the model the settings name (no LLM_ENDPOINTS: the embedded GGUF
 model, started in its own process), so it measures the method on a real model, not plumbing.
@@ -37,10 +38,11 @@ def english_prompts(n: int) -> list[evaluation.EvalItem]:
     return chosen[:n]
 
 
-async def run_one(llm, settings: Settings, item: evaluation.EvalItem) -> dict:
+async def run_one(llm, settings: Settings, item: evaluation.EvalItem, extension_attempts: int) -> dict:
     events = ListEventSink()
     ctx = JobContext(llm, store=MemoryStepStore(), events=events, settings=settings, job_id=f"lengthen-{item.index}")
-    params = selflengthen.LengthenParams(instruction=item.prompt, protocol="paper")
+    params = selflengthen.LengthenParams(instruction=item.prompt, protocol="paper",
+                                         extension_attempts=extension_attempts)
     started = time.perf_counter()
     try:
         result = await selflengthen.run(ctx, params)
@@ -51,7 +53,9 @@ async def run_one(llm, settings: Settings, item: evaluation.EvalItem) -> dict:
     outcome = {
         "index": item.index,
         "wall_s": round(time.perf_counter() - started, 1),
-        "rounds": [{"words": r.get("words"), "accepted": r.get("accepted"), "reason": r.get("reason")} for r in rounds],
+        "rounds": [{"attempt": r.get("attempt"), "words": r.get("words"), "accepted": r.get("accepted"),
+                    "reason": r.get("reason")} for r in rounds],
+        "attempts": max((r.get("attempt") or 0 for r in rounds), default=0),
         "error": error,
     }
     if result is not None:
@@ -71,12 +75,13 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await llm.ensure_ready()
         for item in english_prompts(args.items):
-            outcome = await run_one(llm, settings, item)
+            outcome = await run_one(llm, settings, item, args.extension_attempts)
             outcomes.append(outcome)
-            rounds = ", ".join(f"{r['words']} {'ok' if r['accepted'] else r['reason']}" for r in outcome["rounds"])
+            rounds = ", ".join(f"{r['attempt']}.{n}: {r['words']} {'ok' if r['accepted'] else r['reason']}"
+                               for n, r in enumerate(outcome["rounds"], 1))
             head = (f"#{item.index} ({item.length} words asked): initial {outcome.get('initial', '?')} -> "
                     f"{outcome.get('final', '?')} words, {outcome.get('ratio', '-')}x, gate "
-                    f"{'passed' if outcome['passed'] else 'failed'} in {outcome['wall_s']} s")
+                    f"{'passed' if outcome['passed'] else 'failed'} after {outcome['attempts']} attempts in {outcome['wall_s']} s")
             print(head, flush=True)
             print(f"    iterations: {rounds or 'none'}", flush=True)
             if outcome["error"]:
@@ -89,6 +94,7 @@ async def main(args: argparse.Namespace) -> None:
         "items": len(outcomes),
         "passed_gate": sum(o["passed"] for o in outcomes),
         "growth": [o.get("ratio") for o in outcomes],
+        "attempts": [o["attempts"] for o in outcomes],
         "rejections": dict(rejections),
         "wall_s": round(wall, 1),
     }
@@ -100,5 +106,6 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=4)
+    parser.add_argument("--extension-attempts", type=int, default=selflengthen.DEFAULT_EXTENSION_ATTEMPTS)
     parser.add_argument("--model-path", help="another GGUF file for the embedded model")
     asyncio.run(main(parser.parse_args()))

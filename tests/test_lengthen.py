@@ -222,7 +222,8 @@ async def test_candidates_are_rejected_by_each_filter_and_when_not_longer():
     # A rejected candidate leaves the current text as it was: each round extends the initial.
     assert all(initial in messages[0]["content"] for messages, _ in llm.of("continue"))
     assert result["text"] == kept + "\n\n" + paras([60, 60], "good")
-    assert result["gate"] == {"required_ratio": 1.2, "ratio": round(200 / 120, 4), "passed": True, "enforced": False}
+    assert result["gate"] == {"required_ratio": 1.2, "ratio": round(200 / 120, 4), "passed": True, "enforced": False,
+                              "attempts": 1}
 
 
 async def test_an_accepted_candidate_is_the_next_text_to_extend():
@@ -268,6 +269,21 @@ async def test_paper_runs_three_rounds_with_the_references_settings_and_passes_t
     assert record["comparable_to_paper"] is False  # Longform's wording, not the reference's file
 
 
+async def test_paper_retries_a_failed_gate_with_fresh_rounds_from_the_initial_answer():
+    # Attempt 1's three candidates are too short; attempt 2 starts again from the initial answer.
+    initial = paras([30, 30, 30, 30], "ini")
+    llm = Scripted(cont=[para(30, "short")] * 3 + [paras([60, 60], "good")])
+    result = await _run(llm, protocol="paper", text=initial, seed=7)
+    assert result["gate"]["passed"] and result["gate"]["attempts"] == 2
+    assert [(it["attempt"], it["iteration"], it["accepted"]) for it in result["iterations"]][2:5] == [
+        (1, 3, False), (2, 1, True), (2, 2, False)]  # the same reply again: not longer
+    assert initial in llm.of("continue")[3][0][0]["content"]  # attempt 2 extends the initial answer again
+    seeds = [o.seed for _, o in llm.of("continue")]
+    assert len(set(seeds)) == len(seeds)  # fresh samples: every step its own seed
+    assert result["words_per_iteration"][0] == 120 and len(result["words_per_iteration"]) == 4
+    assert "extension_attempts" not in " ".join(result["protocol"]["differs_from_paper"])
+
+
 async def test_paper_fills_an_overlaid_reference_prompt_file_as_the_reference_does(tmp_path):
     (tmp_path / "selflengthen").mkdir()
     (tmp_path / "selflengthen" / "extend_response.txt").write_text("ENRICH {prompt} Original outline: {response}")
@@ -290,9 +306,12 @@ async def test_paper_fails_the_job_when_the_final_gate_is_not_passed():
     llm = Scripted(cont=[para(30, "short")])
     store = MemoryStepStore()
     with pytest.raises(ValueError, match=r"final gate failed: the best text has 120 words, not more than 1.2 x "
-                                         r"the initial answer's 120 \(1.00x after 3 micro-iterations, 0 accepted\)"):
-        await _run(llm, store=store, protocol="paper", text=paras([30, 30, 30, 30], "ini"))
-    assert len(llm.of("continue")) == 3
+                                         r"the initial answer's 120 \(1.00x; 2 attempts of 3 micro-iterations, "
+                                         r"0 of 6 candidates accepted\)"):
+        await _run(llm, store=store, protocol="paper", text=paras([30, 30, 30, 30], "ini"), extension_attempts=2)
+    assert len(llm.of("continue")) == 6
+    assert sorted(k for k in store.outputs if k.startswith("attempt/")) == [
+        f"attempt/2/{stage}/{i}" for stage in ("continue", "expand") for i in (1, 2, 3)]
     # Controlled without a target: the same rounds, the gate reported and not enforced.
     result = await _run(Scripted(cont=[para(30, "short")]), text=paras([30, 30, 30, 30], "ini"))
     assert result["gate"]["passed"] is False and result["gate"]["enforced"] is False

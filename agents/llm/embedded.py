@@ -23,6 +23,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -215,7 +216,9 @@ class EmbeddedLlama:
             "temperature": options.temperature,
             "top_p": options.top_p,
             "stop": options.stop or [],
-            "seed": options.seed,
+            # llama.cpp reuses its one seed when none is given, so every unseeded call with the same
+            # prompt would sample the same text; a server samples afresh, and retries rely on it.
+            "seed": options.seed if options.seed is not None else random.getrandbits(31),
             "logits_processor": [counter],
             "stream": True,  # so a cancelled call stops between tokens
         }
