@@ -4,7 +4,8 @@ spawns one `write` job per instruction and calls these.
 
 - `parse_instruction_jsonl(text)` -> (items, rejected): one {"instruction"|"prompt"|"messages",
   optional "target_words"|"length"} per line; a bad line is reported with its number and
-  the good lines are kept.
+  the good lines are kept (`read_jsonl_rows(text, row_fn)`: the line reading, shared with other
+  recipes' readers).
 - `generate_instructions(ctx, seeds, count)`: new instructions from seed prompts, one
   checkpointed step per model call (`instructions/{k}`).
 - `assign_lengths(items, distribution, seed, max_target_words)`: the target of each
@@ -16,7 +17,8 @@ spawns one `write` job per instruction and calls these.
   one it fails: failed, truncated, refusal, repetitive, length, duplicate, near_duplicate.
 - `export_records(kept, "longwriter"|"alpaca"|"sharegpt", state_length=True)`: the user turn
   states the target length when the instruction does not (`state_length=False`: never, and
-  a sentence this module added is taken off again); `dataset_stats(samples, kept, counts)`.
+  a sentence this module added is taken off again); `dataset_stats(samples, kept, counts)`;
+  `write_files(out_dir, {format: records}, stats)`: the export files of every recipe.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import fmean, median
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Callable, Iterable, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -58,6 +61,16 @@ def parse_instruction_jsonl(
     Accepted fields: "instruction" or "prompt" (LongWriter's instructions.jsonl) or
     "messages" (LongWriter-6k records: the first user turn); "target_words" or "length"
     (LongBench-Write). Without a target the write job reads it from the instruction."""
+    return read_jsonl_rows(data, lambda row: _instruction_from_row(row, max_target_words))
+
+
+def read_jsonl_rows(
+    data: str | bytes, row_fn: Callable[[Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """JSONL text, one row at a time through `row_fn` (a parsed JSON value -> a dict, or
+    ValueError saying what is wrong with it). Returns ([{**row_fn(row), "line": n}, ...],
+    [{"line": n, "error": "..."}, ...]): 1-based line numbers, blank lines skipped, a line that
+    is not UTF-8 or not JSON rejected with the reason, and the good lines kept."""
     lines: list[bytes | str] = data.split(b"\n") if isinstance(data, bytes) else data.split("\n")
     items: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -70,7 +83,7 @@ def parse_instruction_jsonl(
         if not line.strip():
             continue
         try:
-            items.append({**_instruction_from_row(json.loads(line), max_target_words), "line": number})
+            items.append({**row_fn(json.loads(line)), "line": number})
         except json.JSONDecodeError as exc:
             rejected.append({"line": number, "error": f"invalid JSON: {exc.msg} (column {exc.colno})"})
         except ValueError as exc:
@@ -661,6 +674,24 @@ def export_records(samples: Iterable[Sample], fmt: str = "longwriter", *, state_
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def write_files(out_dir: Path, records: dict[str, Iterable[dict[str, Any]]], stats: dict[str, Any]) -> dict[str, str]:
+    """One `{format}.jsonl` per format and stats.json in `out_dir`; {format: path, "stats": path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {fmt: _write_atomic(out_dir / f"{fmt}.jsonl", (json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+             for fmt, rows in records.items()}
+    files["stats"] = _write_atomic(out_dir / "stats.json", [json.dumps(stats, indent=2, ensure_ascii=False)])
+    return files
+
+
+def _write_atomic(path: Path, chunks: Iterable[str]) -> str:
+    """Written beside, then renamed: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.writelines(chunks)
+    tmp.replace(path)
+    return str(path)
 
 
 def length_histogram(word_counts: Iterable[int], edges: tuple[int, ...] = HISTOGRAM_EDGES) -> dict[str, int]:

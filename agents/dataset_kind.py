@@ -1,8 +1,10 @@
 """Job kind `dataset`: batch-build an SFT dataset, one child `write` job per instruction.
 
-Two recipes (`recipe`): `longwriter` (the default, described here) and `selflengthen`
-(Self-Lengthen's data pipeline with `lengthen` children: agents/selflengthen_build.py). A
-param that only the other recipe reads is refused, not ignored.
+Three recipes (`recipe`): `longwriter` (the default, described here), `selflengthen`
+(Self-Lengthen's data pipeline with `lengthen` children: agents/selflengthen_build.py) and
+`ruler-mlt` (Ruler's D_MLT: existing (instruction, response) pairs labelled with Meta Length
+Tokens, no model calls: agents/ruler_mlt.py). A param that only another recipe reads is
+refused, not ignored.
 
 The parent job resolves its instructions (given, from a JSONL, or generated from seed
 prompts), gives every instruction a target length (its own `target_words`, the length its
@@ -17,27 +19,32 @@ Everything goes through the job context: child jobs, their results, the data dir
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agents import dataset as ds
+from agents import ruler_mlt as rm
 from agents import selflengthen_build as slb
 from agents.context import ChildJob, JobContext
 from agents.kinds import JobKind, ModelName, ResultView
 from agents.length_target import with_stated_length
 from agents.protocol import Protocol
 
-RECIPES = ("longwriter", "selflengthen")
+RECIPES = ("longwriter", "selflengthen", rm.RECIPE)
 # Export formats by recipe; FORMATS: every format the export endpoint knows.
-RECIPE_FORMATS: dict[str, tuple[str, ...]] = {"longwriter": ds.FORMATS, "selflengthen": slb.FORMATS}
+RECIPE_FORMATS: dict[str, tuple[str, ...]] = {"longwriter": ds.FORMATS, "selflengthen": slb.FORMATS,
+                                              rm.RECIPE: rm.FORMATS}
 FORMATS = tuple(dict.fromkeys(f for formats in RECIPE_FORMATS.values() for f in formats))
-DEFAULT_FORMATS = {"longwriter": ["longwriter"], "selflengthen": list(slb.FORMATS)}
-# Params that only one recipe reads: set for the other, they are refused rather than ignored.
+DEFAULT_FORMATS = {"longwriter": ["longwriter"], "selflengthen": list(slb.FORMATS), rm.RECIPE: list(rm.FORMATS)}
+# Params that only one recipe reads: set for another, they are refused rather than ignored.
 SELFLENGTHEN_ONLY = ("protocol", "generator_model", "extender_model", "length_demands", "lengthen", "selflengthen")
 LONGWRITER_ONLY = ("write", "gates", "length_distribution", "state_length")
+RULER_MLT_ONLY = ("mlt_cap",)
+RECIPE_ONLY = {"longwriter": LONGWRITER_ONLY, "selflengthen": SELFLENGTHEN_ONLY, rm.RECIPE: RULER_MLT_ONLY}
+# Params of the child-spawning recipes that ruler-mlt (no children, no generated instructions) has no use for.
+NOT_RULER_MLT = ("count", "child_priority")
 
 
 class DatasetItem(BaseModel):
@@ -46,21 +53,26 @@ class DatasetItem(BaseModel):
 
 
 class DatasetParams(BaseModel):
-    recipe: Literal["longwriter", "selflengthen"] = Field(
+    recipe: Literal["longwriter", "selflengthen", "ruler-mlt"] = Field(
         default="longwriter",
         description="longwriter: AgentWrite (or single) write jobs per instruction, LongWriter-6k style; "
                     "selflengthen: Self-Lengthen's data pipeline (self-instruct, Generator answers, lengthen "
-                    "children, length-biased sampling; agents/selflengthen_build.py)")
+                    "children, length-biased sampling; agents/selflengthen_build.py); ruler-mlt: Ruler's D_MLT, "
+                    "(instruction, response) pairs from jsonl or document_id labelled with the MLT whose window "
+                    "holds the response's \\w+ count, capped per MLT and shuffled (agents/ruler_mlt.py)")
     items: list[DatasetItem] | None = None
-    jsonl: str | None = Field(default=None, description="JSONL text: one {\"prompt\"|\"instruction\", \"length\"|\"target_words\"} per line")
+    jsonl: str | None = Field(default=None, description="JSONL text: one {\"prompt\"|\"instruction\", \"length\"|\"target_words\"} "
+                              "per line; ruler-mlt: one pair per line, {\"instruction\"|\"Instruction\"|\"prompt\"|\"query\", "
+                              "\"response\"|\"output\"|\"answer\"} or a single-turn {\"conversations\": [human, gpt]}")
     document_id: str | None = Field(default=None, description="an uploaded JSONL document")
     seeds: list[str] | None = Field(default=None, description="seed prompts to generate instructions from")
     count: int = Field(default=0, ge=0, le=100_000, description="instructions to generate from the seeds")
     write: dict[str, Any] = Field(default_factory=dict, description="params for every write job (method, temperature, ...)")
     gates: ds.GateSettings = Field(default_factory=ds.GateSettings)
-    formats: list[Literal["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft"]] | None = Field(
+    formats: list[Literal["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft", "ruler", "chat-mlt"]] | None = Field(
         default=None, description="export formats; longwriter recipe: longwriter (default), alpaca, sharegpt; "
-                                  "selflengthen: long, gen_sft, ext_sft, sharegpt (default: all four)")
+                                  "selflengthen: long, gen_sft, ext_sft, sharegpt (default: all four); "
+                                  "ruler-mlt: ruler (the reference's records), chat-mlt (default: both)")
     child_priority: int = Field(default=7, ge=0, le=9)
     length_distribution: ds.LengthDistribution = Field(
         default_factory=ds.LongWriter6kLengths,
@@ -68,7 +80,7 @@ class DatasetParams(BaseModel):
                     'words, 10% log-uniform 10,000-32,000), {"kind": "uniform", "min": N, "max": M} or {"kind": "fixed", "words": N}',
     )
     seed: int = Field(default=0, description="seed of the drawn lengths: the same seed draws the same lengths "
-                                             "(selflengthen: of every draw of the build)")
+                                             "(selflengthen: of every draw of the build; ruler-mlt: of the shuffle)")
     state_length: bool = Field(default=True, description="exports state the target length in the user turn when the instruction does not")
     # The selflengthen recipe.
     protocol: Protocol | None = Field(
@@ -84,9 +96,15 @@ class DatasetParams(BaseModel):
                                      "child (temperature, micro_iterations, continuation, max_initial_attempts, ...)")
     selflengthen: slb.SelfLengthenOptions = Field(default_factory=slb.SelfLengthenOptions,
                                                   description="selflengthen: the recipe's knobs")
+    # The ruler-mlt recipe.
+    mlt_cap: int | None = Field(default=None, ge=1, description=f"ruler-mlt: at most this many pairs per MLT, the "
+                                f"first in input order (default {rm.DEFAULT_CAP:,}, the reference's)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetParams":
+        if self.recipe == rm.RECIPE and (self.items is not None or self.seeds):
+            raise ValueError(f"recipe {rm.RECIPE!r} reads (instruction, response) pairs: give jsonl or document_id, "
+                             f"not {'items' if self.items is not None else 'seeds'}")
         sources = [self.items is not None, self.jsonl is not None, self.document_id is not None, bool(self.seeds)]
         if sum(sources) != 1:
             raise ValueError("give exactly one source of instructions: items, jsonl, document_id or seeds (with count)")
@@ -98,12 +116,19 @@ class DatasetParams(BaseModel):
 
     @model_validator(mode="after")
     def _recipe_fields(self) -> "DatasetParams":
-        other = "selflengthen" if self.recipe == "longwriter" else "longwriter"
-        foreign = SELFLENGTHEN_ONLY if self.recipe == "longwriter" else LONGWRITER_ONLY
-        for name in foreign:
-            if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].get_default(
-                    call_default_factory=True):
-                raise ValueError(f"{name} applies to the {other} recipe, not to recipe {self.recipe!r}")
+        for other, names in RECIPE_ONLY.items():
+            if other == self.recipe:
+                continue
+            for name in names:
+                if self._set(name):
+                    raise ValueError(f"{name} applies to the {other} recipe, not to recipe {self.recipe!r}")
+        if self.recipe == rm.RECIPE:
+            for name in NOT_RULER_MLT:
+                if self._set(name):
+                    raise ValueError(f"{name} does not apply to recipe {self.recipe!r} (it generates no instructions and "
+                                     "spawns no jobs)")
+            if self.mlt_cap is None:
+                self.mlt_cap = rm.DEFAULT_CAP
         if self.formats is None:
             self.formats = list(DEFAULT_FORMATS[self.recipe])
         wrong = [f for f in self.formats if f not in RECIPE_FORMATS[self.recipe]]
@@ -111,6 +136,11 @@ class DatasetParams(BaseModel):
             raise ValueError(f"format {wrong[0]!r} is not one of recipe {self.recipe!r}'s: "
                              f"{', '.join(RECIPE_FORMATS[self.recipe])}")
         return self
+
+    def _set(self, name: str) -> bool:
+        """Whether a param was given a value other than its default."""
+        return name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].get_default(
+            call_default_factory=True)
 
     @field_validator("lengthen")
     @classmethod
@@ -153,18 +183,22 @@ class DatasetResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     files: dict[str, str] = Field(description="path of each export format's JSONL, and of stats.json ('stats')")
-    stats: dict[str, Any] = Field(description="items, kept, drops per gate, statuses, languages, length histogram")
-    kept: int | None = Field(description="items that passed every gate")
-    items: int | None = Field(description="child write jobs")
-    rejected_lines: list[RejectedLine] = Field(default_factory=list, description="input lines that were not instructions")
+    stats: dict[str, Any] = Field(description="items, kept, drops per gate, statuses, languages, length histogram "
+                                              "(ruler-mlt: drops by cause, records per MLT, windows, cap, seed)")
+    kept: int | None = Field(description="items that passed every gate (ruler-mlt: records exported)")
+    items: int | None = Field(description="child write jobs (selflengthen: instructions; ruler-mlt: input lines read)")
+    rejected_lines: list[RejectedLine] = Field(default_factory=list, description="input lines that were not "
+                                               "instructions (ruler-mlt: not (instruction, response) pairs)")
     lengths: list[ItemLength] = Field(default_factory=list, description="each item's target length and its source, in item order")
     length_sources: dict[str, int] = Field(default_factory=dict, description="items by length source: given, parsed, drawn")
-    recipe: Literal["longwriter", "selflengthen"] = Field("longwriter", description="the recipe that built it")
+    recipe: Literal["longwriter", "selflengthen", "ruler-mlt"] = Field("longwriter", description="the recipe that built it")
 
 
 async def run(ctx: JobContext, params: DatasetParams) -> DatasetResult:
     if params.recipe == "selflengthen":
         return DatasetResult(**await slb.run(ctx, params))
+    if params.recipe == rm.RECIPE:
+        return DatasetResult(**await rm.run(ctx, params))
     async def resolve_items() -> dict[str, Any]:
         if params.items is not None:
             return {"items": [i.model_dump() for i in params.items], "rejected_lines": []}
@@ -261,25 +295,16 @@ def build_export(children: list[ChildJob], gates: ds.GateSettings, fmt: str,
 def write_export(children: list[ChildJob], params: DatasetParams, out_dir: Path,
                  measured: MeasuredChildren | None = None) -> dict[str, Any]:
     """Write one JSONL per format and stats.json into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     kept, stats = gate_children(children, params.gates, measured)
-    files: dict[str, str] = {}
-    for fmt in params.formats:
-        path = out_dir / f"{fmt}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        records = ds.export_records(kept, fmt, state_length=params.state_length)
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        tmp.replace(path)  # readers never see a half-written file
-        files[fmt] = str(path)
-    stats_path = out_dir / "stats.json"
-    stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
-    files["stats"] = str(stats_path)
+    records = {fmt: ds.export_records(kept, fmt, state_length=params.state_length) for fmt in params.formats}
+    files = ds.write_files(out_dir, records, stats)
     return {"files": files, "stats": stats, "kept": stats.get("kept"), "items": stats.get("items")}
 
 
 KIND = JobKind(
     name="dataset",
-    description="batch-build an SFT dataset: from write jobs (recipe longwriter) or by Self-Lengthen (selflengthen)",
+    description="batch-build an SFT dataset: from write jobs (recipe longwriter), by Self-Lengthen (selflengthen) "
+                "or by labelling (instruction, response) pairs with Ruler's Meta Length Tokens (ruler-mlt)",
     params=DatasetParams,
     result=DatasetResult,
     run=run,

@@ -87,12 +87,10 @@ written yet are left out).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import re
 import zlib
-from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, Literal
 
@@ -732,7 +730,7 @@ async def run(ctx: JobContext, params: Any) -> dict[str, Any]:
             early.cancel()
     out_dir = ctx.data_dir / "datasets" / ctx.job_id
     records, stats = export(params.model_dump(mode="json"), steps, children, overlay=ctx.prompt_overlay)
-    files = await asyncio.to_thread(write_files, out_dir, {f: records[f] for f in params.formats}, stats)
+    files = await asyncio.to_thread(ds.write_files, out_dir, {f: records[f] for f in params.formats}, stats)
     return {"files": files, "stats": stats, "kept": stats["kept"], "items": stats["items"],
             "rejected_lines": resolved["rejected_lines"], "recipe": RECIPE}
 
@@ -1009,19 +1007,3 @@ def differences(params: dict[str, Any], opts: SelfLengthenOptions) -> list[str]:
     if (params.get("protocol") or "paper") != "paper":
         out.append("lengthen children: protocol controlled (see each child's protocol record)")
     return out
-
-
-def write_files(out_dir: Path, records: dict[str, list[dict[str, Any]]], stats: dict[str, Any]) -> dict[str, str]:
-    """One JSONL per format and stats.json in `out_dir`; {format: path, "stats": path}."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    for fmt, rows in records.items():
-        path = out_dir / f"{fmt}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
-        files[fmt] = str(path)
-    stats_path = out_dir / "stats.json"
-    stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
-    files["stats"] = str(stats_path)
-    return files

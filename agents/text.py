@@ -6,7 +6,8 @@ Three word counts live here, and each metric says which it uses:
   S_l, AgentWrite budgets, dataset gates and summary length targets. Its quirks are kept on
   purpose for score parity: digits count 0, "don't" is 2, accented words ("café") count 0,
   English glued to Chinese without a space is not counted.
-- `count_word_runs`: runs of `\\w+` (Unicode). Used by Ruler's PM/FM scores.
+- `count_word_runs`: runs of `\\w+` (Unicode). Used by Ruler's PM/FM scores and the MLT labels
+  of the `ruler-mlt` dataset recipe (`agents.ruler_mlt`).
 - `count_words_selflengthen`: Self-Lengthen's count (every script of its reference code):
   each CJK ideograph (U+4E00..9FFF), CJK punctuation mark (U+3000..303F) or full-width form
   (U+FF00..FFEF) is one word, plus the whitespace-separated tokens once those are replaced

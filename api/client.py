@@ -256,8 +256,8 @@ class LongformClient:
         return self._json("POST", "/v1/datasets", json=body)
 
     def export_dataset(self, dataset_id: str, fmt: str | None = None, state_length: bool | None = None) -> str:
-        """JSONL; `fmt` None: the recipe's first format (longwriter, or long); `state_length` None:
-        the dataset's own setting."""
+        """JSONL; `fmt` None: the recipe's first format (longwriter, long or ruler); `state_length` None:
+        the dataset's own setting (longwriter recipe only)."""
         params: dict[str, Any] = {"format": fmt} if fmt else {}
         if state_length is not None:
             params["state_length"] = "true" if state_length else "false"

@@ -355,23 +355,34 @@ def _available_methods(requested: list[str], known: tuple[str, ...], method_kind
 
 @cli.group("dataset")
 def dataset_group() -> None:
-    """Batch-build SFT datasets: LongWriter-6k style from write jobs, or by Self-Lengthen (--recipe selflengthen)."""
+    """Batch-build SFT datasets: LongWriter-6k style from write jobs, by Self-Lengthen (--recipe selflengthen),
+    or Ruler's MLT data from (instruction, response) pairs (--recipe ruler-mlt)."""
 
 
-DATASET_FORMATS = ["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft"]
+DATASET_FORMATS = ["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_sft", "ruler", "chat-mlt"]
+# The format `--out` writes when no --format is given: each recipe's first.
+DEFAULT_EXPORT = {"longwriter": "longwriter", "selflengthen": "long", "ruler-mlt": "ruler"}
 
 
 @dataset_group.command("build")
 @click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--seed", "seeds", multiple=True, help="A seed prompt to generate instructions from; repeatable (with --count).")
+@click.option("--seed", "seeds", multiple=True,
+              help="A seed prompt to generate instructions from; repeatable (with --count). With --recipe ruler-mlt: "
+                   "the shuffle seed, one integer (default 0).")
 @click.option("--count", type=click.IntRange(min=1), help="How many instructions to generate from the seeds.")
-@click.option("--recipe", type=click.Choice(["longwriter", "selflengthen"]), default="longwriter", show_default=True,
+@click.option("--recipe", type=click.Choice(["longwriter", "selflengthen", "ruler-mlt"]), default="longwriter",
+              show_default=True,
               help="longwriter: one write job per instruction (--method); selflengthen: Self-Lengthen's pipeline "
-                   "(self-instruct from --seed, two Generator answers each, lengthen children, length-biased sampling).")
+                   "(self-instruct from --seed, two Generator answers each, lengthen children, length-biased sampling); "
+                   "ruler-mlt: SOURCE's (instruction, response) pairs labelled with Ruler's Meta Length Tokens by "
+                   "their \\w+ count, capped per MLT (--mlt-cap) and shuffled (--seed N); no model calls.")
 @click.option("--method", type=click.Choice(["agentwrite", "single"]), default="agentwrite", show_default=True,
               help="The write method of the longwriter recipe.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(DATASET_FORMATS),
-              help="Export format; repeatable (default: longwriter; selflengthen: long, gen_sft, ext_sft and sharegpt).")
+              help="Export format; repeatable (default: longwriter; selflengthen: long, gen_sft, ext_sft and sharegpt; "
+                   "ruler-mlt: ruler and chat-mlt).")
+@click.option("--mlt-cap", type=click.IntRange(min=1),
+              help="ruler-mlt: at most N pairs per MLT, the first in file order (default 20,000, the reference's).")
 @click.option("--protocol", type=click.Choice(["paper", "controlled"]),
               help="selflengthen: the lengthen children's protocol (default paper: 3 micro-iterations, the 1.2x gate).")
 @click.option("--length-demands", is_flag=True,
@@ -390,20 +401,36 @@ DATASET_FORMATS = ["longwriter", "alpaca", "sharegpt", "long", "gen_sft", "ext_s
 @click.option("--no-state-length", is_flag=True, help="Exports do not state the target length in the user turn.")
 @click.option("--prompt-set", metavar="NAME", help="Render every item's write job from this prompt set: A prompt set installed on the server (see `longform prompts list`).")
 @click.pass_context
-def dataset_build(ctx, source, seeds, count, recipe, method, formats, protocol, length_demands, generator_model,
-                  extender_model, pairs, gate_pairs, out_file, no_watch, prompt_set, lengths_spec, length_seed,
-                  no_state_length) -> None:
+def dataset_build(ctx, source, seeds, count, recipe, method, formats, mlt_cap, protocol, length_demands,
+                  generator_model, extender_model, pairs, gate_pairs, out_file, no_watch, prompt_set, lengths_spec,
+                  length_seed, no_state_length) -> None:
     """Build a dataset from SOURCE, a JSONL of instructions ({"instruction"|"prompt", optional
-    "target_words"|"length"} per line), or from --seed prompts with --count."""
-    if bool(source) == bool(seeds):
+    "target_words"|"length"} per line), or from --seed prompts with --count. With --recipe
+    ruler-mlt, SOURCE holds (instruction, response) pairs ({"instruction"|"Instruction"|"prompt"|
+    "query", "response"|"output"|"answer"}, or a single-turn {"conversations": [human, gpt]})."""
+    if recipe == "ruler-mlt":
+        shuffle_seed = _ruler_mlt_options(ctx, source, seeds, count, length_seed)
+        seeds = ()  # its --seed was the shuffle seed
+    elif bool(source) == bool(seeds):
         raise CliFailure("give a JSONL file of instructions, or --seed prompts with --count", 2)
     if seeds and not count:
         raise CliFailure("--count is required with --seed", 2)
-    if recipe == "selflengthen":
+    body: dict[str, Any]
+    if recipe == "ruler-mlt":
+        body = {"recipe": recipe}
+        if shuffle_seed is not None:
+            body["seed"] = shuffle_seed
+        if formats:
+            body["formats"] = list(formats)
+        if pairs:
+            body["write"] = parse_params(None, None, pairs)  # refused by the server, naming the field
+        if gate_pairs:
+            body["gates"] = parse_params(None, None, gate_pairs)  # likewise
+    elif recipe == "selflengthen":
         if ctx.get_parameter_source("method") is not click.core.ParameterSource.DEFAULT:
             raise CliFailure("--method applies to the longwriter recipe (selflengthen answers with its Generator "
                              "and extends with lengthen jobs)", 2)
-        body: dict[str, Any] = {"recipe": recipe, "lengthen": parse_params(None, None, pairs)}
+        body = {"recipe": recipe, "lengthen": parse_params(None, None, pairs)}
         if gate_pairs:
             body["gates"] = parse_params(None, None, gate_pairs)  # refused by the server, naming the field
         if formats:
@@ -415,9 +442,10 @@ def dataset_build(ctx, source, seeds, count, recipe, method, formats, protocol, 
             "formats": list(formats) or ["longwriter"],
         }
     for name, value in (("protocol", protocol), ("generator_model", generator_model),
-                        ("extender_model", extender_model), ("length_demands", length_demands or None)):
+                        ("extender_model", extender_model), ("length_demands", length_demands or None),
+                        ("mlt_cap", mlt_cap)):
         if value is not None:
-            body[name] = value  # the server refuses them for the longwriter recipe
+            body[name] = value  # the server refuses them for a recipe they do not apply to
     if source:
         raw = Path(source).read_bytes()
         try:
@@ -449,12 +477,31 @@ def dataset_build(ctx, source, seeds, count, recipe, method, formats, protocol, 
     report_outcome(final)
     result = final.get("result") or {}
     if result.get("stats"):
-        note(json.dumps({k: result["stats"].get(k) for k in ("items", "kept", "gates", "formats") if k in result["stats"]}))
+        shown = ("items", "kept", "gates", "formats") if recipe != "ruler-mlt" else ("items", "kept", "dropped", "per_mlt")
+        note(json.dumps({k: result["stats"].get(k) for k in shown if k in result["stats"]}))
     if final["status"] != "succeeded" and not out_file:
         ctx.exit(1)
     if out_file:
-        _export(client, final["id"], (list(formats) or [{"selflengthen": "long"}.get(recipe, "longwriter")])[0], out_file)
+        _export(client, final["id"], (list(formats) or [DEFAULT_EXPORT[recipe]])[0], out_file)
     click.echo(final["id"])
+
+
+def _ruler_mlt_options(ctx: click.Context, source: str | None, seeds: tuple[str, ...], count: int | None,
+                       length_seed: int | None) -> int | None:
+    """Check the options of --recipe ruler-mlt; its --seed is the shuffle seed (an integer)."""
+    if not source:
+        raise CliFailure("--recipe ruler-mlt needs a JSONL file of (instruction, response) pairs", 2)
+    method_given = ctx.get_parameter_source("method") is not click.core.ParameterSource.DEFAULT
+    for option, given, why in (("--count", count is not None, "it generates no instructions"),
+                               ("--method", method_given, "it labels existing pairs and writes nothing"),
+                               ("--length-seed", length_seed is not None, "its shuffle seed is --seed N")):
+        if given:
+            raise CliFailure(f"{option} does not apply to --recipe ruler-mlt ({why})", 2)
+    if not seeds:
+        return None
+    if len(seeds) > 1 or not seeds[0].strip().lstrip("-").isdigit():
+        raise CliFailure(f"with --recipe ruler-mlt, --seed is the shuffle seed: one integer (got {', '.join(seeds)})", 2)
+    return int(seeds[0])
 
 
 def parse_length_spec(spec: str) -> dict[str, Any]:
@@ -482,7 +529,7 @@ def _note_rejected(source: str | None, rejected: list[dict[str, Any]] | None) ->
 @click.argument("dataset_id")
 @click.option("--format", "fmt", type=click.Choice(DATASET_FORMATS),
               help="longwriter recipe: longwriter (default), alpaca, sharegpt; selflengthen: long (default), gen_sft, "
-                   "ext_sft, sharegpt.")
+                   "ext_sft, sharegpt; ruler-mlt: ruler (default), chat-mlt.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
 @click.option("--state-length/--no-state-length", default=None,
               help="State the target length in the user turn when the instruction does not (default: as the dataset was built, normally yes).")

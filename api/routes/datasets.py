@@ -1,4 +1,7 @@
-"""Dataset builds: submit (a `dataset` job), follow, and export JSONL at any time."""
+"""Dataset builds: submit (a `dataset` job), follow, and export JSONL at any time.
+
+Recipes: longwriter (write children, gated), selflengthen (Self-Lengthen's pipeline) and
+ruler-mlt (Ruler's D_MLT from (instruction, response) pairs); each exports its own formats."""
 from __future__ import annotations
 
 import json
@@ -8,13 +11,16 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.auth import Principal, principal
+from api.routes.documents import load_visible_document
 from api.routes.jobs import load_visible_job, submit_job
 from api.serialize import job_json
 from api.state import AppState, get_state
 from agents import dataset as ds
 from agents import dataset_kind
+from agents import ruler_mlt
 from agents import selflengthen_build
 from db import repo
+from db.models import Document
 from workers.job_services import read_children
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
@@ -29,7 +35,9 @@ def create_dataset(
 ):
     """Body: the `dataset` params (recipe; items | jsonl | document_id | seeds+count; write, gates, formats;
     for recipe selflengthen protocol, generator_model, extender_model, length_demands, lengthen and
-    selflengthen), an optional priority and an optional prompt_set (its child jobs render from it)."""
+    selflengthen; for recipe ruler-mlt jsonl | document_id of (instruction, response) pairs, mlt_cap,
+    seed and formats), an optional priority and an optional prompt_set (its child jobs render from it).
+    A jsonl source (ruler-mlt: or document) with no usable line is refused: 422 with `rejected_lines`."""
     params = dict(body)
     priority = params.pop("priority", 5)
     if not isinstance(priority, int) or not 0 <= priority <= 9:
@@ -38,7 +46,13 @@ def create_dataset(
     if prompt_set is not None and not isinstance(prompt_set, str):
         raise HTTPException(422, "prompt_set must be the name of an installed prompt set")
     rejected: list[dict[str, Any]] = []
-    if isinstance(params.get("jsonl"), str):
+    if params.get("recipe") == ruler_mlt.RECIPE:
+        source = params.get("jsonl") if isinstance(params.get("jsonl"), str) else _document_text(state, who, params)
+        if source is not None:
+            pairs, rejected = ruler_mlt.parse_pairs(source)
+            if not pairs:
+                raise HTTPException(422, {"message": "no valid (instruction, response) lines", "rejected_lines": rejected})
+    elif isinstance(params.get("jsonl"), str):
         # Report bad lines now, by line number; the good lines still make the dataset.
         items, rejected = ds.parse_instruction_jsonl(params["jsonl"])
         if not items:
@@ -46,6 +60,15 @@ def create_dataset(
     data, created = submit_job(state, who, "dataset", params, priority, idempotency_key, prompt_set=prompt_set)
     data["rejected_lines"] = rejected
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/datasets/{data['id']}"})
+
+
+def _document_text(state: AppState, who: Principal, params: dict[str, Any]) -> str | None:
+    """The text of the document a build names (404 when the caller cannot see it), or None."""
+    document_id = params.get("document_id")
+    if not isinstance(document_id, str) or params.get("jsonl") is not None:
+        return None  # no document, or a params error the validation names
+    with state.db.reading() as session:
+        return load_visible_document(session, document_id, who).text
 
 
 def _dataset_job(state: AppState, dataset_id: str, who: Principal):
@@ -68,7 +91,8 @@ def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Prin
 def export_dataset(
     dataset_id: str,
     format: str | None = Query(default=None, description="recipe longwriter: longwriter (messages, the default), "
-                               "alpaca or sharegpt; recipe selflengthen: long (the default), gen_sft, ext_sft or sharegpt"),
+                               "alpaca or sharegpt; recipe selflengthen: long (the default), gen_sft, ext_sft or sharegpt; "
+                               "recipe ruler-mlt: ruler (the default) or chat-mlt"),
     state_length: bool | None = Query(
         default=None, description="state the target length in the user turn when the instruction does not "
                                   "(default: the dataset's `state_length`, true unless built with false)"),
@@ -87,6 +111,9 @@ def export_dataset(
     if recipe == "selflengthen":
         records, _stats = _selflengthen_export(state, job, format)
         records = records[format]
+    elif recipe == ruler_mlt.RECIPE:
+        records, _stats = _ruler_mlt_export(state, job, format)
+        records = records[format]
     else:
         gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
         if state_length is None:
@@ -104,6 +131,9 @@ def dataset_stats(dataset_id: str, state: AppState = Depends(get_state), who: Pr
     job = _dataset_job(state, dataset_id, who)
     if job["params"].get("recipe") == "selflengthen":
         return _selflengthen_export(state, job, "long")[1]
+    if job["params"].get("recipe") == ruler_mlt.RECIPE:
+        with state.db.reading() as session:
+            return ruler_mlt.stored_stats(job["params"], repo.succeeded_steps(session, dataset_id))
     gates = ds.GateSettings.model_validate(job["params"].get("gates") or {})
     _records, stats = _export(state, dataset_id, gates, "longwriter")
     return stats
@@ -116,6 +146,16 @@ def _selflengthen_export(state: AppState, job: dict[str, Any], fmt: str):
         steps = repo.succeeded_steps(session, job["id"])
     overlay = state.settings.prompt_overlay(job.get("prompt_set"))
     return selflengthen_build.export(job["params"], steps, children, fmt, overlay=overlay)
+
+
+def _ruler_mlt_export(state: AppState, job: dict[str, Any], fmt: str):
+    """From the build's stored step and its source (the job's jsonl or its document)."""
+    with state.db.reading() as session:
+        steps = repo.succeeded_steps(session, job["id"])
+        source = job["params"].get("jsonl")
+        if source is None and ruler_mlt.STEP in steps:  # the document was checked at submit
+            source = session.get(Document, job["params"]["document_id"]).text
+    return ruler_mlt.export(job["params"], steps, source or "", fmt)
 
 
 def _export(state: AppState, dataset_id: str, gates: ds.GateSettings, fmt: str, state_length: bool = True):
