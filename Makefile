@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-fast bench clean
 
-setup: $(VENV)/.installed
+# The code sandbox's own Python (sandbox/build.py): a copy of the interpreter with the standard
+# library plus numpy and sympy, outside the repo and apart from .venv. Built once; kept while present.
+SANDBOX_PYTHON ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/longform/sandbox-python
+
+setup: $(VENV)/.installed $(SANDBOX_PYTHON)/longform-sandbox.json
 
 # llama-cpp-python compiles from source on first install (about 7 minutes on 2 cores).
 # Portable x86-64 build: AVX2/FMA/F16C kernels (every x86-64 server CPU since 2013), no
@@ -31,6 +35,10 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
 	$(BIN)/pip install -q -e ".[embedded,dev]"
 	touch $@
 
+$(SANDBOX_PYTHON)/longform-sandbox.json: sandbox/build.py | $(VENV)/.installed
+	$(BIN)/python -m sandbox.build '$(SANDBOX_PYTHON)'
+	touch '$@'
+
 demo: setup
 	bash scripts/demo.sh
 
@@ -48,6 +56,7 @@ bench: setup
 	$(BIN)/python bench/dataset_build.py
 	$(BIN)/python bench/selflengthen_build.py
 	$(BIN)/python bench/summarize.py
+	$(BIN)/python bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

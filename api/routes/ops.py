@@ -1,4 +1,5 @@
-"""Operations: liveness, readiness (database, broker, model endpoints), Prometheus metrics."""
+"""Operations: liveness, readiness (database, broker, model endpoints; the code sandbox is reported
+beside them, not required), Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -70,6 +71,17 @@ async def _check_models(state: AppState) -> dict:
     return {"ok": any(r["up"] for r in results), "endpoints": list(results)}
 
 
+async def _check_sandbox(state: AppState) -> dict:
+    """Whether model-written code can run on this machine, and how isolated (a trivial run
+    proves it; the result is kept 30 s). SANDBOX=unsafe says so here."""
+    try:
+        from sandbox import check_available
+
+        return (await check_available(state.settings.sandbox_config())).as_dict()
+    except Exception as exc:
+        return {"mode": state.settings.sandbox, "available": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
 @router.get("/readyz")
 async def readyz(state: AppState = Depends(get_state)):
     checks = {}
@@ -83,7 +95,9 @@ async def readyz(state: AppState = Depends(get_state)):
     except Exception as exc:
         checks["models"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     ready = all(c["ok"] for c in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    # Reported, not required: only code runs need it, and they refuse to start without it.
+    body = {"ready": ready, "checks": checks, "sandbox": await _check_sandbox(state)}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 class JobStoreCollector:
