@@ -54,6 +54,7 @@ BUILTIN_KINDS = {
     "summarize": "agents.summarize:KIND",
     "booookscore": "agents.booookscore:KIND",
     "dataset": "agents.dataset_kind:KIND",
+    "solve": "agents.solve:KIND",
 }
 
 

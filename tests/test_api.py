@@ -84,6 +84,12 @@ def test_idempotency_key_returns_the_existing_job(api):
         ({"kind": "lengthen", "params": {"instruction": "Write.", "extender_model": "ext_sft"}}, 422,
          "params.extender_model: no model server serves 'ext_sft'"),
         ({"kind": "lengthen", "params": {"instruction": "  "}}, 422, "instruction"),
+        ({"kind": "solve", "params": {"question": "  "}}, 422, "question must not be empty"),
+        ({"kind": "solve", "params": {"question": "2+2?", "method": "guess"}}, 422, "method: Input should be"),
+        ({"kind": "solve", "params": {"question": "2+2?", "max_turns": 50}}, 422, "max_turns: Input should be less than or equal to 10"),
+        ({"kind": "solve", "params": {"question": "2+2?", "code_timeout_s": 0}}, 422, "code_timeout_s: Input should be greater than 0"),
+        ({"kind": "solve", "params": {"question": "2+2?", "task_model": "nope"}}, 422,
+         "params.task_model: no model server serves 'nope'"),
     ],
 )
 def test_bad_job_requests_get_a_clear_4xx_and_store_nothing(api, settings, payload, status, message):
@@ -143,7 +149,7 @@ def test_health_ready_metrics_and_docs(api):
     assert 'longform_jobs{status="queued"}' in metrics and "longform_queue_depth" in metrics
     assert api.get("/openapi.json").json()["info"]["title"] == "Longform"
     kinds = {k["kind"] for k in api.get("/v1/kinds").json()["items"]}
-    assert {"chat", "write", "summarize", "booookscore", "dataset"} <= kinds
+    assert {"chat", "write", "summarize", "booookscore", "dataset", "solve"} <= kinds
 
 
 class TestKeys:

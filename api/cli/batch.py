@@ -1,4 +1,4 @@
-"""Batch commands: `longform eval longbench-write|longen|tlg` and `longform dataset build|export`.
+"""Batch commands: `longform eval longbench-write|longen|tlg|symbench` and `longform dataset build|export`.
 
 Both run real jobs through the REST API (so they use the server's workers, model pool and
 checkpoints); `eval --local` instead runs the agents in this process on the configured model.
@@ -299,6 +299,110 @@ def tlg(ctx, instruction_file, modes, seed, per_target, limit, concurrency, out_
                                                     on_outcome=on_outcome), total, progress)
     report["set"] = set_info
     write_eval_outputs(out_dir, report, tl.render_table(report), tl.write_plot, tl.summary_line(report),
+                       f"{total} runs in {time.monotonic() - started:.0f} s")
+
+
+def _csv(text: str, option: str, known: tuple[str, ...] | None = None) -> list[str]:
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values:
+        raise CliFailure(f"{option} needs at least one value", 2)
+    if known is not None:
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise CliFailure(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(known)}", 2)
+    return values
+
+
+@eval_group.command("symbench")
+@click.option("--methods", default="text,code,code_text_sum,steer", show_default=True, metavar="LIST",
+              help="Comma-separated solve methods to run side by side: text, code, code_text_sum, steer.")
+@click.option("--tasks", "task_names", default="game24,multiply,letters,sort,path,transform", show_default=True,
+              metavar="LIST", help="Comma-separated generated tasks.")
+@click.option("--levels", default="1,2,3", show_default=True, metavar="LIST", help="Comma-separated difficulty levels (1-5).")
+@click.option("--per-level", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Items of each task at each level.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated tasks.")
+@click.option("--file", "task_file", type=click.Path(exists=True, dir_okay=False),
+              help='Your own tasks instead: JSONL {"question", "answer", "checker" (exact, exact_ci, integer, number, '
+                   'int_list, game24), "task"?, "level"?, "numbers"? (game24)} per line.')
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (the set interleaves tasks).")
+@click.option("--protocol", "protocols", default="controlled", show_default=True, metavar="LIST",
+              help="Comma-separated protocols: controlled, paper (the reference's loop and defaults).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs in flight at once.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval-symbench", show_default=True,
+              help="Directory for report.json, table.txt, plot.png and tasks.jsonl (the set).")
+@click.option("--export-sharegpt", "export", type=click.Path(dir_okay=False),
+              help="Also write the steer runs' steering trajectories as multi-turn ShareGPT JSONL to this file.")
+@click.option("--correct-only", is_flag=True, help="With --export-sharegpt: only trajectories whose answer is right.")
+@click.option("--local", is_flag=True, help="Run the solve jobs in this process on the configured model instead of as API jobs.")
+@click.option("-p", "--param", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A solve param for every job (e.g. task_model=..., max_turns=3); repeatable.")
+@click.pass_context
+def symbench(ctx, methods, task_names, levels, per_level, seed, task_file, limit, protocols, concurrency, out_dir,
+             export, correct_only, local, pairs) -> None:
+    """CodeSteer's comparison on generated SymBench-like tasks (Game 24, big-number multiplication,
+    letter counting, sorting, grid path planning, string transformation; levels 1-5) or your
+    own JSONL: each item runs as a solve job per method. Reports success (an answer of the last
+    turn, code output or text, passes the task's exact checker), tokens, model calls, code runs
+    and wall time per query, and the average normalized score (per task success / best method's
+    x 100; a task no method solves is left out and counted). The last line is one JSON object:
+    {"text": {"success": .., "normalized": ..}, ...}."""
+    from agents.codesteer import symbench as sb
+    from agents.codesteer import tasks as tk
+    from agents.solve import METHODS
+
+    methods = _csv(methods, "--methods", METHODS)
+    protocols = parse_protocols(protocols)
+    try:
+        if task_file:
+            items = tk.load_task_file(task_file)[:limit] if limit else tk.load_task_file(task_file)
+        else:
+            try:
+                level_values = [int(v) for v in _csv(levels, "--levels")]
+            except ValueError:
+                raise CliFailure(f"--levels takes integers 1-5, got {levels!r}", 2) from None
+            items = tk.build_set(_csv(task_names, "--tasks", tk.TASKS), level_values, per_level, seed, limit)
+    except tk.TaskFileError as exc:
+        raise CliFailure(str(exc), 2) from None
+    except ValueError as exc:
+        raise CliFailure(str(exc), 2) from None
+    params = parse_params(None, None, pairs)
+    if local:
+        from agents.llm.factory import make_llm_client
+
+        settings = load_settings()
+        run_item = sb.local_runner(make_llm_client(settings), settings=settings, params=params)
+    else:
+        client = make_client(ctx)
+        if not any(k["kind"] == "solve" for k in client.list_kinds()):
+            raise CliFailure(f"the API at {client.base_url} has no job kind 'solve'", 2)
+        run_item = sb.timed(_api_runner(ctx, lambda item, method, protocol: sb.job_for(item, method, protocol, params)))
+    set_info = {"file": str(task_file) if task_file else None, "tasks": sorted({i.task for i in items}),
+                "levels": sorted({i.level for i in items}), "per_level": None if task_file else per_level,
+                "seed": None if task_file else seed, "limit": limit, "size": len(items)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tasks.jsonl").write_text("".join(json.dumps(i.as_dict(), ensure_ascii=False) + "\n" for i in items),
+                                     encoding="utf-8")
+    total = len(items) * len(methods) * len(protocols)
+    note(f"SymBench set: {len(items)} items ({', '.join(set_info['tasks'])}), methods {', '.join(methods)}")
+
+    def progress(o: dict[str, Any]) -> str:
+        line = (f"{o['method']:13s} #{o['index']:<3d} {o['task']:9s} L{o['level']} "
+                f"{'ok ' if o['success'] else 'no '} answer={str(o['answer'])[:40]!r} calls={o['model_calls']} "
+                f"runs={o['code_runs']}")
+        return line + (f" failed: {o['error'][:160]}" if o["error"] else "")
+
+    started = time.monotonic()
+    report = run_eval(lambda on_outcome: sb.run_symbench(items, run_item, methods, protocols=protocols,
+                                                         concurrency=concurrency, on_outcome=on_outcome,
+                                                         set_info=set_info), total, progress)
+    if export:
+        records = sb.sharegpt_records(report, correct_only=correct_only)
+        Path(export).parent.mkdir(parents=True, exist_ok=True)
+        Path(export).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        note(f"{len(records)} steering trajectories written to {export} (ShareGPT)")
+    write_eval_outputs(out_dir, report, sb.render_table(report), sb.write_plot, sb.summary_line(report),
                        f"{total} runs in {time.monotonic() - started:.0f} s")
 
 
