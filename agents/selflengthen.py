@@ -324,8 +324,8 @@ async def grow(ctx: JobContext, params: LengthenParams, extender: lc.Extender, l
             "candidate": outcome.candidate, "words": words, "accepted": reason is None, "reason": reason,
             "best_words": best_words,
         })
-        await ctx.progress(i, rounds, words=best_words, accepted=reason is None, reason=reason,
-                           attempt=attempt, attempts=attempts)
+        await ctx.progress(i, rounds, words=best_words, candidate_words=words, accepted=reason is None,
+                           reason=reason, attempt=attempt, attempts=attempts)
     if target is not None:
         stopped = "target_reached" if best_words >= (1 - TOLERANCE) * target else "max_iterations"
     return Grown(attempt, best, best_words, iterations, stopped)
