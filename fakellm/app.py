@@ -201,7 +201,7 @@ class FakeLLM:
             if messages[-1].get("role") != "assistant":
                 raise BadRequest("continue_final_message needs the last message to be from the assistant")
             prefix = engine.message_text(messages[-1].get("content"))
-        tokens = engine.chat_prompt_tokens(messages, add_generation_prompt)
+        tokens = engine.chat_prompt_tokens(messages, add_generation_prompt, self.state.config.token_scale)
         texts = [(m.get("role", "user"), engine.message_text(m.get("content"))) for m in messages]
         user_texts = [t for role, t in texts if role == "user"]
         instruction = user_texts[-1] if user_texts else texts[-1][1]
@@ -215,9 +215,9 @@ class FakeLLM:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            tokens, text = list(prompt), decode(prompt)
+            tokens, text = list(prompt), decode(engine.unscale_tokens(prompt))
         elif isinstance(prompt, str):
-            tokens, text = engine.text_prompt_tokens(prompt), prompt
+            tokens, text = engine.text_prompt_tokens(prompt, self.state.config.token_scale), prompt
         else:
             raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
         return GenRequest(prompt_tokens=tokens, instruction=text, seed_material=text,
@@ -435,9 +435,11 @@ class FakeLLM:
         try:
             body = await self._json_body(request)
             if "messages" in body:
-                tokens = engine.chat_prompt_tokens(body["messages"], bool(body.get("add_generation_prompt", True)))
+                tokens = engine.chat_prompt_tokens(
+                    body["messages"], bool(body.get("add_generation_prompt", True)), self.state.config.token_scale
+                )
             elif isinstance(body.get("prompt"), str):
-                tokens = engine.text_prompt_tokens(body["prompt"])
+                tokens = engine.text_prompt_tokens(body["prompt"], self.state.config.token_scale)
             else:
                 raise BadRequest("tokenize needs a `prompt` string or `messages`")
         except (BadRequest, AttributeError, TypeError) as exc:
@@ -452,7 +454,7 @@ class FakeLLM:
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
                 raise BadRequest("detokenize needs `tokens`, a list of token ids")
-            return JSONResponse({"prompt": decode(tokens)})
+            return JSONResponse({"prompt": decode(engine.unscale_tokens(tokens))})
         except (BadRequest, KeyError, ValueError) as exc:
             return error_response(400, str(exc), "BadRequestError")
 

@@ -9,7 +9,7 @@ from fakellm.config import FakeConfig
 
 _TIMING_MS = {"decode_ms_per_token": "decode_s_per_token", "prefill_ms_per_token": "prefill_s_per_token",
               "ttft_ms": "ttft_s"}
-_PLAIN = ("model", "max_model_len", "seed", "natural_min_words", "natural_max_words", "max_num_seqs",
+_PLAIN = ("model", "max_model_len", "token_scale", "seed", "natural_min_words", "natural_max_words", "max_num_seqs",
           "scheduling_policy",
           "error_rate", "rate_limit_rate", "hang_rate", "hang_s", "truncate_rate", "malformed_json_rate",
           "die_after")
@@ -37,6 +37,8 @@ def config_from_options(options: dict) -> FakeConfig:
 @click.option("--port", default=8000, show_default=True, type=int, help="0 picks a free port.")
 @click.option("--model", default=None, help="Served model name [fake-model].")
 @click.option("--max-model-len", type=int, default=None, help="Context window in tokens [8192].")
+@click.option("--token-scale", type=float, default=None,
+              help="Tokens per cl100k token of the model's tokenizer, >= 1 (1.65: about 1.9 per word) [1].")
 @click.option("--seed", type=int, default=None, help="Server seed for text and fault draws [0].")
 @click.option("--natural-min-words", type=int, default=None, help="Natural length range, low end [600].")
 @click.option("--natural-max-words", type=int, default=None, help="Natural length range, high end [1500].")

@@ -12,6 +12,10 @@ class FakeConfig:
     model: str = "fake-model"
     max_model_len: int = 8192
     strict_model: bool = True  # like vLLM: an unknown `model` gets a 404
+    # The model's tokenizer: this many tokens per cl100k_base token (>= 1; 1.0 is cl100k
+    # itself). A less efficient tokenizer (e.g. 1.5: about 1.9 tokens per English word)
+    # makes prompts, answers, max_tokens and /tokenize counts longer by that factor.
+    token_scale: float = 1.0
 
     # Length behaviour. Asked for N words, the model aims at N * (1 +- length_noise), but never
     # writes past its natural length, drawn per prompt from [natural_min_words, natural_max_words].
@@ -65,6 +69,8 @@ class FakeConfig:
             raise ValueError("default_min_words must not exceed default_max_words")
         if self.max_num_seqs < 1 or self.block_size < 1 or self.max_model_len < 1:
             raise ValueError("max_num_seqs, block_size and max_model_len must be positive")
+        if not 1.0 <= self.token_scale <= 16.0:
+            raise ValueError("token_scale must be within [1, 16]")
         if self.scheduling_policy not in ("fcfs", "priority"):
             raise ValueError("scheduling_policy is 'fcfs' or 'priority'")
         for name in ("error_rate", "rate_limit_rate", "hang_rate", "truncate_rate", "malformed_json_rate"):

@@ -6,6 +6,7 @@ Pure and synchronous (no HTTP, no clocks): the app turns OpenAI request bodies i
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -77,19 +78,48 @@ def message_text(content: Any) -> str:
     raise BadRequest("message content must be a string or a list of content parts")
 
 
-def chat_prompt_tokens(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+# A scaled tokenizer (FakeConfig.token_scale) follows each cl100k token with filler tokens:
+# ids from FILLER_BASE up, which decode to nothing.
+FILLER_BASE = 1 << 24
+
+
+def scale_tokens(tokens: list[int] | tuple[int, ...], scale: float = 1.0) -> list[int]:
+    """cl100k tokens as the scaled tokenizer counts them: token i is followed by
+    floor((i + 1) x scale) - floor(i x scale) - 1 fillers, so n tokens become floor(n x scale)
+    and a prefix stays a prefix."""
+    if scale == 1.0:
+        return list(tokens)
+    out: list[int] = []
+    for i, t in enumerate(tokens):
+        out.append(t)
+        extra = math.floor((i + 1) * scale) - math.floor(i * scale) - 1
+        out.extend(FILLER_BASE + t for _ in range(extra))
+    return out
+
+
+def unscale_tokens(tokens: list[int]) -> list[int]:
+    return [t for t in tokens if t < FILLER_BASE]
+
+
+def encode_scaled(text: str, scale: float = 1.0) -> list[int]:
+    return scale_tokens(_encode_cached(text), scale)
+
+
+def chat_prompt_tokens(
+    messages: list[dict[str, Any]], add_generation_prompt: bool = True, scale: float = 1.0
+) -> list[int]:
     """Tokens of a simple chat template, one message at a time, so that equal leading messages
     always give equal leading tokens (what the prefix cache keys on)."""
     tokens: list[int] = []
     for m in messages:
-        tokens.extend(_encode_cached(f"<|{m.get('role', 'user')}|>\n{message_text(m.get('content'))}\n"))
+        tokens.extend(encode_scaled(f"<|{m.get('role', 'user')}|>\n{message_text(m.get('content'))}\n", scale))
     if add_generation_prompt:
-        tokens.extend(_encode_cached("<|assistant|>\n"))
+        tokens.extend(encode_scaled("<|assistant|>\n", scale))
     return tokens
 
 
-def text_prompt_tokens(prompt: str) -> list[int]:
-    return list(_encode_cached(prompt))
+def text_prompt_tokens(prompt: str, scale: float = 1.0) -> list[int]:
+    return encode_scaled(prompt, scale)
 
 
 # -- length ----------------------------------------------------------------------------------
@@ -124,7 +154,7 @@ def generate(cfg: FakeConfig, req: GenRequest) -> GenResult:
             text = malform_json(text, req.json_mode, rng, req.malformed_variant)
             applied.append("malformed_json")
     else:
-        text = _prose(rng.getrandbits(64), lang, topics, words, req)
+        text = _prose(rng.getrandbits(64), lang, topics, words, req, cfg.token_scale)
         if req.prefix:
             text = continuation_joint(req.prefix, lang) + text
 
@@ -132,7 +162,7 @@ def generate(cfg: FakeConfig, req: GenRequest) -> GenResult:
     if req.stop:
         text, stop_reason = _apply_stop(text, req.stop, req.include_stop)
 
-    tokens = encode(text)
+    tokens = scale_tokens(encode(text), cfg.token_scale)
     if req.max_tokens is not None and len(tokens) > req.max_tokens:
         tokens = tokens[: req.max_tokens]
         text, finish, stop_reason = _decode_prefix(tokens), "length", None
@@ -160,7 +190,7 @@ def continuation_joint(prefix: str, lang: str) -> str:
     return "" if lang == "zh" else " "
 
 
-def _prose(seed: int, lang: str, topics: list[str], words: int, req: GenRequest) -> str:
+def _prose(seed: int, lang: str, topics: list[str], words: int, req: GenRequest, scale: float = 1.0) -> str:
     if req.ignore_eos and req.max_tokens:
         words = req.max_tokens + 1  # never stops by itself: max_tokens ends it
     if req.max_tokens is not None:
@@ -170,7 +200,7 @@ def _prose(seed: int, lang: str, topics: list[str], words: int, req: GenRequest)
     # min_tokens (vLLM) holds back the end of the text until that many tokens exist.
     tries = 0
     while req.min_tokens and tries < 8:
-        have = len(encode(text))
+        have = len(scale_tokens(encode(text), scale))
         if have >= req.min_tokens:
             break
         words += max(8, int((req.min_tokens - have) * 0.8))
@@ -206,7 +236,7 @@ def _apply_stop(text: str, stops: list[str], include: bool) -> tuple[str, str | 
 
 def _decode_prefix(tokens: list[int]) -> str:
     # A cut can split a multi-byte character; drop the dangling replacement character.
-    return decode(tokens).rstrip("\ufffd")
+    return decode(unscale_tokens(tokens)).rstrip("\ufffd")
 
 
 def malform_json(text: str, mode: JsonMode, rng: random.Random, variant: str | None = None) -> str:

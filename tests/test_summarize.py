@@ -416,7 +416,7 @@ async def test_model_errors_raise_and_store_no_text(fake_llm_factory, book):
     try:
         with pytest.raises(LLMError):
             await summarize.run(make_ctx(pool, first_words(book, 3000), store), {"document_id": "d"})
-        assert store.outputs == {} and store.errors
+        assert set(store.outputs) <= {"plan/tokens"} and store.errors  # the token plan, no text
     finally:
         await pool.aclose()
 

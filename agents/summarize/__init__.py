@@ -20,8 +20,10 @@ every model call behind the result (stable across resumes: it comes from stored 
 
 Every node is a checkpointed step (keys `chunk/0/{i}`, `merge/{level}/{j}`, `update/{j}`,
 `compress/{j}/{a}`, `update/{j}/{a}`, `revise/{k}`); see hierarchical.py and incremental.py.
-Budgets are planned in cl100k tokens with a 15 % margin of the context window for the
-served model's own tokenizer (budgets.py).
+Budgets are planned with the served model's own token counts: step `plan/tokens` measures its
+tokenizer against cl100k once per job, limits and max_tokens are converted with that ratio,
+and each merge's whole prompt is counted by the model first (step `fit/{level}/{j}`) and
+regrouped when it does not fit (budgets.py, hierarchical.py).
 
 `protocol` picks the algorithm: "controlled" (the default) is the above; "paper" runs the
 BooookScore reference's own (paper.py): its chunker (lines as paragraphs), its prompt files
@@ -60,6 +62,8 @@ from agents.summarize.paper import (
     WORD_RATIO,
     PaperSummarizer,
 )
+
+MIN_CHUNK_SIZE = 256  # the smallest chunk_size the params accept
 
 __all__ = ["SummarizeParams", "SummarizeResult", "BudgetError", "run", "KIND"]
 
@@ -242,6 +246,7 @@ async def _run_paper(ctx: JobContext, params: SummarizeParams, text: str) -> dic
         differs.append(f"max_summary_len: {params.max_summary_len} tokens{origin} (paper: {DEFAULT_MAX_SUMMARY_LEN})")
     if params.method == "hierarchical" and not params.merge_context:
         differs.append("merge_context: off, merges without the previous merge (paper: on)")
+    differs.extend(summarizer.deviations)
     result["protocol"] = protocol_record(ctx, "paper", differs, paper_templates(params.method, result))
     return result
 
@@ -318,18 +323,30 @@ async def _run_controlled(ctx: JobContext, params: SummarizeParams, text: str) -
     chunks = await asyncio.to_thread(counted_chunks, text, params.chunk_size)
     if not chunks:
         raise ValueError(f"document {params.document_id} has no text to summarize")
+    chunk_size = params.chunk_size
     if params.method == "hierarchical":
         summarizer: Any = HierarchicalSummarizer(
             ctx, chunks, params.target_words, params.merge_context, params.length_samples
         )
+        result = await summarizer.run()
     else:
-        summarizer = IncrementalSummarizer(ctx, chunks, params.target_words, params.length_samples)
-    result = await summarizer.run()
+        try:
+            result = await IncrementalSummarizer(ctx, chunks, params.target_words, params.length_samples).run()
+        except BudgetError as exc:
+            # The chunk, the running summary and the update do not fit the context as the model
+            # counts it: re-cut the book into chunks that do (the plan is stored, so a resumed
+            # job re-cuts the same way), and fail only when no chunk size would.
+            hint = exc.chunk_size_hint
+            if hint is None or hint < MIN_CHUNK_SIZE or hint >= chunk_size:
+                raise
+            chunk_size = hint
+            chunks = await asyncio.to_thread(counted_chunks, text, chunk_size)
+            result = await IncrementalSummarizer(ctx, chunks, params.target_words, params.length_samples).run()
     result.update(
         method=params.method,
         target_words=params.target_words,
         chunks=len(chunks),
-        chunk_size=params.chunk_size,
+        chunk_size=chunk_size,
         model=ctx.llm.model_name,
         context_window=ctx.llm.context_window,
     )
@@ -338,6 +355,11 @@ async def _run_controlled(ctx: JobContext, params: SummarizeParams, text: str) -
     )
     if params.method == "hierarchical" and not params.merge_context:
         differs = differs + ["merge_context: off, merges without the previous merge (paper: on)"]
+    if chunk_size != params.chunk_size:
+        differs = differs + [
+            f"chunk_size: {chunk_size} tokens, the largest that fits the model's context as its tokenizer "
+            f"counts (asked: {params.chunk_size})"
+        ]
     result["protocol"] = protocol_record(ctx, "controlled", differs, controlled_templates(params.method, result))
     return result
 

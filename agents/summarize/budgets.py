@@ -32,7 +32,12 @@ FINAL_TOLERANCE = 0.10  # the final summary lands within +-10 % of target_words
 
 
 class BudgetError(ValueError):
-    """The requested sizes do not fit the model's context window."""
+    """The requested sizes do not fit the model's context window. `chunk_size_hint`: the
+    largest chunk size that would fit, when a smaller chunk size is the remedy."""
+
+    def __init__(self, message: str, chunk_size_hint: int | None = None):
+        super().__init__(message)
+        self.chunk_size_hint = chunk_size_hint
 
 
 def words_for(tokens: int) -> int:
@@ -191,8 +196,41 @@ def plan_incremental(
         most = usable - update_template_tokens - 2 * output_cap(top) - PROMPT_PAD
         raise BudgetError(
             f"chunk_size {chunk_size} and target_words {target_words} do not fit the model context "
-            f"of {context_window} tokens for incremental updating (the running summary, the chunk and "
-            f"the updated summary share it; planning with {usable} tokens, a "
-            f"{int(SAFETY_MARGIN * 100)}% margin): use chunk_size <= {max(most, 0)} or a smaller target"
+            f"({context_window} cl100k tokens as the model counts them) for incremental updating (the "
+            f"running summary, the chunk and the updated summary share it; planning with {usable} tokens, a "
+            f"{int(SAFETY_MARGIN * 100)}% margin): use chunk_size <= {max(most, 0)} or a smaller target",
+            chunk_size_hint=max(most, 0),
         )
     return IncrementalPlan(usable, chunk_size, target_words, top)
+
+
+# ----- the model's own token counts ------------------------------------------------------------
+
+RATIO_STEP = 0.05  # the measured ratio is rounded up to this grid ...
+RATIO_TOLERANCE = 0.01  # ... after this much is forgiven (a client's count may be an estimate + slack)
+
+
+async def measure_ratio(client, samples: list[str]) -> float:
+    """The model's tokens per cl100k token, counted with the client's `count_tokens` (the
+    server's /tokenize or the embedded tokenizer) on the samples joined, rounded up to a 0.05
+    grid (the same value whether the client counted exactly or estimated with a few tokens of
+    slack; jobs store it, so a resumed job plans with the same one)."""
+    from agents.text import count_tokens
+
+    text = "\n\n".join(samples)
+    local = count_tokens(text)
+    if not local:
+        return 1.0
+    ratio = await client.count_tokens(text) / local
+    return max(RATIO_STEP, math.ceil(round((ratio - RATIO_TOLERANCE) / RATIO_STEP, 6)) * RATIO_STEP)
+
+
+def to_model(cl100k_tokens: int, ratio: float) -> int:
+    """cl100k tokens as the model's tokenizer counts them (at the measured ratio)."""
+    return math.ceil(cl100k_tokens * ratio)
+
+
+def effective_context(context_window: int, ratio: float) -> int:
+    """The model's context window in cl100k tokens: what the cl100k plan may use. A tokenizer
+    at least as efficient as cl100k (ratio <= 1) leaves the window as it is."""
+    return int(context_window / max(1.0, ratio))

@@ -22,6 +22,7 @@ from typing import Any, Awaitable
 
 from agents.chunking import Chunk
 from agents.context import JobContext
+from agents.llm.tokens import SAFETY_MARGIN_TOKENS, count_message_tokens
 from agents.summarize import budgets as B
 from agents.summarize.nodes import (
     Candidate,
@@ -36,6 +37,7 @@ from agents.text import count_tokens
 
 LABEL_TOKENS = 10  # 'Summary 12:\n"""\n...\n"""' around each merged input
 JOIN_SLACK_TOKENS = 8  # a text inside a template may count a few tokens more than apart
+FIT_MARGIN_TOKENS = 64  # kept free when a merge prompt is counted by the model: counts may be estimates
 
 
 def _template_tokens(template: str, overlay: Any = None, **variables: Any) -> int:
@@ -85,33 +87,71 @@ class HierarchicalSummarizer:
         self.target = target_words
         self.merge_context = merge_context
         self.length_samples = length_samples
-        self.plan = B.plan_hierarchical(
-            len(chunks),
-            ctx.llm.context_window,
-            max(c.tokens for c in chunks),
-            target_words,
-            self.chunk_template_tokens,
-            merge_template_tokens(ctx.prompt_overlay),
-        )
+        self.plan: B.HierarchicalPlan | None = None  # set by run(), from the model's token counts
+        self.tokens: dict[str, Any] = {}  # the `plan/tokens` step's output
         self.nodes: dict[str, dict[str, Any]] = {}  # tree nodes by id
         self.level_groups: dict[int, int] = {}  # merges per level
+        self.regrouped: list[str] = []  # merges whose group the model's count made smaller
         self.done = 0
-        self.total = len(chunks) + sum(self.expected_merges())
+        self.total = len(chunks)
         self._tasks: list[asyncio.Task] = []
         self._failure: asyncio.Future | None = None
 
     # ----- planning --------------------------------------------------------------------------
 
+    async def _plan(self) -> None:
+        """Measure the model's tokenizer (step `plan/tokens`, stored, so a resumed job plans the
+        same), then plan the levels in cl100k tokens against the context as the model counts it."""
+        self.tokens = await self.ctx.step("plan/tokens", self._measure_tokens)
+        self.plan = B.plan_hierarchical(
+            len(self.chunks),
+            B.effective_context(self.tokens["context_window"], self.tokens["ratio"]),
+            max(self.chunk_tokens),
+            self.target,
+            self.chunk_template_tokens,
+            merge_template_tokens(self.ctx.prompt_overlay),
+        )
+        self.total = len(self.chunks) + sum(self.expected_merges())
+
+    async def _measure_tokens(self) -> dict[str, Any]:
+        llm = self.ctx.llm
+        n = len(self.chunks)
+        ratio = await B.measure_ratio(llm, [self.chunks[i] for i in sorted({0, n // 2, n - 1})])
+        import prompts
+
+        empty = prompts.render(
+            "summarize/merge.j2", overlay=self.ctx.prompt_overlay, context="", summaries=[], bound="at most", words=9999
+        ).text
+        template = await count_message_tokens(llm, [{"role": "user", "content": empty}])
+        return {"context_window": llm.context_window, "ratio": ratio, "merge_template": template}
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens["ratio"]
+
+    def model_limit(self, level: int, final: bool = False) -> int:
+        """A level's token limit in the model's tokens (the plan's is in cl100k tokens)."""
+        return B.to_model(self.plan.top_tokens if final else self.plan.limit(level), self.ratio)
+
+    def model_budget(self, level: int, final: bool = False) -> int:
+        """Model tokens a merge at `level` may spend on its inputs (context and summaries)."""
+        usable = B.usable_context(self.tokens["context_window"])
+        return usable - B.output_cap(self.model_limit(level, final)) - self.tokens["merge_template"] - B.PROMPT_PAD
+
+    def model_size(self, node: dict[str, Any]) -> int:
+        """A summary's model tokens inside a merge prompt (its label included)."""
+        return node["_model_tokens"] + B.to_model(LABEL_TOKENS, self.ratio)
+
     def expected_merges(self) -> list[int]:
         """Merges per level if every summary used exactly its limit (a progress estimate)."""
         counts, n, level = [], len(self.chunks), 1
         while n > 1:
-            size = B.output_cap(self.plan.limit(level - 1)) + LABEL_TOKENS
-            if n * size + B.PROMPT_PAD <= self.plan.final_budget():
+            size = B.output_cap(self.model_limit(level - 1)) + B.to_model(LABEL_TOKENS, self.ratio)
+            if n * size + B.PROMPT_PAD <= self.model_budget(level, final=True):
                 counts.append(1)
                 break
-            budget = self.plan.merge_budget(level)
-            context = [0] + [min(B.context_cap(budget), B.output_cap(self.plan.limit(level)))] * n
+            budget = self.model_budget(level)
+            context = [0] + [min(B.context_cap(budget), B.output_cap(self.model_limit(level)))] * n
             groups = B.pack_groups([size] * n, budget, context if self.merge_context else None)
             if len(groups) >= n:  # no progress: the real run raises BudgetError
                 break
@@ -123,6 +163,7 @@ class HierarchicalSummarizer:
 
     async def run(self) -> dict[str, Any]:
         self._failure = asyncio.get_running_loop().create_future()
+        await self._plan()
         try:
             if len(self.chunks) == 1:
                 final = await self._chunk_node(0, final=True)
@@ -164,7 +205,8 @@ class HierarchicalSummarizer:
         limit = self.plan.top_tokens if final else self.plan.limit(0)
         words = self.target if final else B.words_for(limit)
         # Template (counted with the widest numbers) and chunk: no need to count each prompt.
-        prompt_tokens = self.chunk_template_tokens + self.chunk_tokens[i] + JOIN_SLACK_TOKENS
+        prompt_tokens = B.to_model(self.chunk_template_tokens + self.chunk_tokens[i] + JOIN_SLACK_TOKENS, self.ratio)
+        max_tokens = B.output_cap(B.to_model(limit, self.ratio))
 
         async def summarize() -> dict[str, Any]:
             def render(asked: int) -> str:
@@ -178,14 +220,16 @@ class HierarchicalSummarizer:
                 )
 
             if final:
-                return await generate(
-                    self.ctx, key, render, words, B.output_cap(limit), structural_problem,
+                out = await generate(
+                    self.ctx, key, render, words, max_tokens, structural_problem,
                     samples=self.length_samples, prefer=distance_to(self.target), prompt_tokens=prompt_tokens,
                 )
-            return await generate(
-                self.ctx, key, render, words, B.output_cap(limit), within_tokens(limit), repair_limit=limit,
-                prompt_tokens=prompt_tokens,
-            )
+            else:
+                out = await generate(
+                    self.ctx, key, render, words, max_tokens, within_tokens(limit), repair_limit=limit,
+                    prompt_tokens=prompt_tokens,
+                )
+            return out
 
         out = await self.ctx.step(key, summarize)
         node = self._make_node(key, 0, out, children=[], chunk=i)
@@ -205,12 +249,16 @@ class HierarchicalSummarizer:
         }
         # Kept in memory for the next level and for length control; dropped from the tree.
         node["_text"], node["_samples"] = out["text"], out["samples"]
+        # The model's count of the summary at the job's measured (stored) ratio: the same on a
+        # resumed job whatever the client's count cache holds; the fit step counts whole prompts.
+        node["_model_tokens"] = B.to_model(out["tokens"], self.ratio)
         return node
 
     async def _level(self, level: int, source: _Stream) -> dict[str, Any]:
         """Merge the nodes of `source` (level - 1); returns the final node of the whole tree."""
-        budget = self.plan.merge_budget(level)
-        final_budget = self.plan.final_budget()
+        # Budgets in the model's tokens: summaries are packed by the model's counts of them.
+        budget = self.model_budget(level)
+        final_budget = self.model_budget(level, final=True)
         pending: deque[dict[str, Any]] = deque()
         ended = False
 
@@ -226,9 +274,7 @@ class HierarchicalSummarizer:
                 return None
             return await item
 
-        def size(node: dict[str, Any]) -> int:
-            return node["tokens"] + LABEL_TOKENS
-
+        size = self.model_size
         out = _Stream()
         next_level: asyncio.Task | None = None
         previous: dict[str, Any] | None = None
@@ -240,8 +286,8 @@ class HierarchicalSummarizer:
                 break
             context = ""
             if self.merge_context and previous is not None:
-                context = cut_to_tokens(previous["_text"], B.context_cap(budget))
-            used = B.PROMPT_PAD + (count_tokens(context) if context else 0) + size(first)
+                context = cut_to_tokens(previous["_text"], int(B.context_cap(budget) / self.ratio))
+            used = B.PROMPT_PAD + (B.to_model(count_tokens(context), self.ratio) if context else 0) + size(first)
             final_used = B.PROMPT_PAD + size(first)
             final_possible = j == 0
             group, closed = [first], False
@@ -258,14 +304,26 @@ class HierarchicalSummarizer:
                 group.append(nxt)
                 used += size(nxt)
                 final_used += size(nxt)
+            final = False
             if not closed and j == 0:
                 if final_possible or len(group) == 1:
-                    return await self._final_merge(level, group)
-                # Everything fits one ordinary merge but not the final one (its output is
-                # bigger): merge in two halves, and the next level makes the final merge.
-                half = len(group) // 2
-                pending.extend(group[half:])
-                group = group[:half]
+                    final = True
+                else:
+                    # Everything fits one ordinary merge but not the final one (its output is
+                    # bigger): merge in two halves, and the next level makes the final merge.
+                    half = len(group) // 2
+                    pending.extendleft(reversed(group[half:]))
+                    group = group[:half]
+            # The whole prompt as the model counts it: a group that does not fit is made smaller.
+            fit = await self._fit(level, j, group, context, final)
+            if fit["final"]:
+                return await self._final_merge(level, group)
+            if fit["inputs"] < len(group):
+                pending.extendleft(reversed(group[fit["inputs"]:]))
+                group = group[: fit["inputs"]]
+                self.regrouped.append(f"merge/{level}/{j}")
+            if not fit["context"]:
+                context = ""
             inputs += len(group)
             if self.merge_context:
                 node = await self._merge_node(level, j, group, context, previous)
@@ -282,9 +340,62 @@ class HierarchicalSummarizer:
         if j == inputs:  # every merge took a single summary: the next level would do the same
             next_level.cancel()
             raise B.BudgetError(
-                f"level {level}: no two summaries fit one merge call; use a smaller target_words"
+                f"level {level}: no two summaries fit one merge call in the model's "
+                f"{self.tokens['context_window']}-token context; use a smaller target_words"
             )
         return await next_level
+
+    def _merge_messages(self, group: list[dict[str, Any]], context: str, final: bool, words: int) -> list[dict[str, str]]:
+        import prompts
+
+        text = prompts.render(
+            "summarize/merge.j2", overlay=self.ctx.prompt_overlay, context=context,
+            summaries=[n["_text"] for n in group], bound="about" if final else "at most", words=words,
+        ).text
+        return [{"role": "user", "content": text}]
+
+    async def _fit(
+        self, level: int, j: int, group: list[dict[str, Any]], context: str, final: bool
+    ) -> dict[str, Any]:
+        """How many of `group` merge/{level}/{j} takes, counted by the model (step `fit/{level}/{j}`,
+        stored so that a resumed job groups the same): {"inputs", "final", "context"}. The
+        whole prompt with max_tokens must fit the context window: the final merge becomes an
+        ordinary one over half the group if it does not; an ordinary merge drops summaries
+        from its end, then its context. BudgetError when one summary alone cannot fit."""
+        window = self.tokens["context_window"]
+
+        async def fits(members: list[dict[str, Any]], with_context: str, is_final: bool) -> tuple[bool, int, int]:
+            limit = self.model_limit(level, final=is_final)
+            words = self.target if is_final else B.words_for(self.plan.limit(level))
+            prompt = await count_message_tokens(self.ctx.llm, self._merge_messages(members, with_context, is_final, words))
+            answer = B.output_cap(limit)
+            return prompt + answer + FIT_MARGIN_TOKENS <= window, prompt, answer
+
+        async def decide() -> dict[str, Any]:
+            members = group
+            if final:
+                if (await fits(members, "", True))[0]:
+                    return {"inputs": len(members), "final": True, "context": False}
+                members = members[: max(1, len(members) // 2)]
+            with_context = context
+            n = len(members)
+            while True:
+                ok, prompt, answer = await fits(members[:n], with_context, False)
+                if ok:
+                    return {"inputs": n, "final": False, "context": bool(with_context)}
+                if n > 1:
+                    n -= 1
+                elif with_context:
+                    with_context = ""
+                else:
+                    raise B.BudgetError(
+                        f"merge/{level}/{j}: no grouping fits the model's {window}-token context: the summary "
+                        f"{members[0]['id']} alone makes a {prompt}-token prompt, which leaves less than the "
+                        f"{answer} tokens its answer needs; use a smaller target_words or a model with a "
+                        f"larger context"
+                    )
+
+        return await self.ctx.step(f"fit/{level}/{j}", decide)
 
     async def _merge_node(
         self, level: int, j: int, group: list[dict[str, Any]], context: str, previous: dict[str, Any] | None
@@ -299,10 +410,11 @@ class HierarchicalSummarizer:
                     "summarize/merge.j2", context=context, summaries=summaries, bound="at most", words=asked
                 )
 
-            return await generate(
-                self.ctx, key, render, B.words_for(limit), B.output_cap(limit), within_tokens(limit),
-                repair_limit=limit,
+            out = await generate(
+                self.ctx, key, render, B.words_for(limit), B.output_cap(self.model_limit(level)),
+                within_tokens(limit), repair_limit=limit, token_ratio=self.ratio,
             )
+            return out
 
         out = await self.ctx.step(key, merge)
         extra = {"context": previous["id"]} if context and previous else {}
@@ -320,10 +432,12 @@ class HierarchicalSummarizer:
             def render(asked: int) -> str:
                 return self.ctx.render("summarize/merge.j2", context="", summaries=summaries, bound="about", words=asked)
 
-            return await generate(
-                self.ctx, key, render, self.target, B.output_cap(limit), structural_problem,
-                samples=self.length_samples, prefer=distance_to(self.target),
+            out = await generate(
+                self.ctx, key, render, self.target, B.output_cap(self.model_limit(level, final=True)),
+                structural_problem, samples=self.length_samples, prefer=distance_to(self.target),
+                token_ratio=self.ratio,
             )
+            return out
 
         out = await self.ctx.step(key, merge)
         node = self._make_node(key, level, out, children=[n["id"] for n in group], final=True)
@@ -335,7 +449,7 @@ class HierarchicalSummarizer:
         draft = Candidate(final["id"], final["_text"], final["words"], final["_samples"])
 
         def max_tokens_for(words: int) -> int:
-            return B.output_cap(B.tokens_for_words(words))
+            return B.output_cap(B.to_model(B.tokens_for_words(words), self.ratio))
 
         async def on_revision(node: dict[str, Any]) -> None:
             node["level"] = final["level"]

@@ -55,9 +55,9 @@ class IncrementalSummarizer:
         self.length_samples = length_samples
         self.chunks = [c.text for c in chunks]
         self.target = target_words
-        self.plan = B.plan_incremental(
-            ctx.llm.context_window, max(c.tokens for c in chunks), target_words, update_template_tokens(ctx.prompt_overlay)
-        )
+        self.chunk_tokens = [c.tokens for c in chunks]
+        self.plan: B.IncrementalPlan | None = None  # set by run(), from the model's token counts
+        self.ratio = 1.0  # the model's tokens per cl100k token (step `plan/tokens`)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.calls = 0
         self.compressions = 0
@@ -95,14 +95,15 @@ class IncrementalSummarizer:
             attempts = NODE_ATTEMPTS if summary is None else 1
             if final:
                 return await generate(
-                    self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts,
-                    samples=self.length_samples, prefer=distance_to(self.target),
+                    self.ctx, key, render, words, self._max_tokens(cap), check, attempts=attempts,
+                    samples=self.length_samples, prefer=distance_to(self.target), token_ratio=self.ratio,
                 )
             # The first summary may be cut to the cap after two failed tries; an update may not:
             # its end holds the new part, and compressing the old summary is the remedy.
             repair_limit = cap if summary is None and not final else None
             return await generate(
-                self.ctx, key, render, words, B.output_cap(cap), check, attempts=attempts, repair_limit=repair_limit
+                self.ctx, key, render, words, self._max_tokens(cap), check, attempts=attempts,
+                repair_limit=repair_limit, token_ratio=self.ratio,
             )
 
         out = await self.ctx.step(key, update)
@@ -126,14 +127,37 @@ class IncrementalSummarizer:
                     "summarize/compress.j2", summary=summary, current_words=count_words(summary), words=asked
                 )
 
-            out = await generate(self.ctx, key, render, words, B.output_cap(cap), check, attempts=1)
+            out = await generate(
+                self.ctx, key, render, words, self._max_tokens(cap), check, attempts=1, token_ratio=self.ratio
+            )
             return {**out, "asked": words}
 
         out = await self.ctx.step(key, compress)
         self.calls += out["calls"]
         return out
 
+    async def _plan(self) -> None:
+        """Measure the model's tokenizer (step `plan/tokens`, stored so a resumed job plans the
+        same) and plan in cl100k tokens against the context as the model counts it."""
+
+        async def measure() -> dict[str, Any]:
+            n = len(self.chunks)
+            ratio = await B.measure_ratio(self.ctx.llm, [self.chunks[i] for i in sorted({0, n // 2, n - 1})])
+            return {"context_window": self.ctx.llm.context_window, "ratio": ratio}
+
+        tokens = await self.ctx.step("plan/tokens", measure)
+        self.ratio = tokens["ratio"]
+        self.plan = B.plan_incremental(
+            B.effective_context(tokens["context_window"], self.ratio), max(self.chunk_tokens), self.target,
+            update_template_tokens(self.ctx.prompt_overlay),
+        )
+
+    def _max_tokens(self, limit: int) -> int:
+        """max_tokens for an answer within `limit` cl100k tokens, in the model's tokens."""
+        return B.output_cap(B.to_model(limit, self.ratio))
+
     async def run(self) -> dict[str, Any]:
+        await self._plan()
         n = len(self.chunks)
         previous: dict[str, Any] | None = None  # tree node of the running summary
         previous_text: str | None = None
@@ -151,7 +175,7 @@ class IncrementalSummarizer:
         draft = Candidate(previous["id"], previous_text or "", previous["words"], final_samples)
 
         def max_tokens_for(words: int) -> int:
-            return B.output_cap(B.tokens_for_words(words))
+            return self._max_tokens(B.tokens_for_words(words))
 
         async def on_revision(node: dict[str, Any]) -> None:
             self.nodes[node["id"]] = node

@@ -109,15 +109,19 @@ def node_output(text: str, calls: int, attempts: int, problem: str | None, **ext
 
 
 async def room_for_answer(
-    client: LLMClient, messages: list[dict[str, str]], max_tokens: int, prompt_tokens: int | None = None
+    client: LLMClient, messages: list[dict[str, str]], max_tokens: int, prompt_tokens: int | None = None,
+    token_ratio: float = 1.0,
 ) -> int:
     """max_tokens, lowered if the prompt (in the model's own tokens) leaves less room.
 
     The budgets are planned in cl100k tokens with a margin; asking the server to count
     (an extra request for HTTP backends) is only worth it when the prompt is near the limit.
     `prompt_tokens`, the caller's upper estimate of the prompt's cl100k tokens, saves
-    counting a prompt that is far from the limit."""
+    counting a prompt that is far from the limit. `token_ratio`: the model's tokens per
+    cl100k token as measured, when known (it scales the cl100k estimate)."""
     estimate = prompt_tokens if prompt_tokens is not None else sum(count_tokens(m["content"]) for m in messages)
+    if prompt_tokens is None:
+        estimate *= max(1.0, token_ratio)
     if estimate * TOKENIZER_WORST_CASE + max_tokens + 64 <= client.context_window:
         return max_tokens
     return await fit_max_tokens(client, messages, max_tokens)
@@ -145,6 +149,7 @@ async def generate(
     prefer: Callable[[str], float] | None = None,
     repair_limit: int | None = None,
     prompt_tokens: int | None = None,
+    token_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Call the model until `check` passes (at most `attempts` rounds); run inside a step.
 
@@ -164,7 +169,7 @@ async def generate(
 
     async def call(asked: int, seed: int, temperature: float) -> tuple[str, str | None, int]:
         messages = [{"role": "user", "content": render(asked)}]
-        room = await room_for_answer(ctx.llm, messages, max_tokens, prompt_tokens)
+        room = await room_for_answer(ctx.llm, messages, max_tokens, prompt_tokens, token_ratio)
         if room < min(max_tokens, 64):
             raise BudgetError(
                 f"{key}: the prompt leaves {room} tokens for the answer in the model's "

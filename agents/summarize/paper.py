@@ -64,7 +64,7 @@ from typing import Any, Awaitable, Callable
 
 from agents.context import JobContext
 from agents.llm.types import GenOptions
-from agents.summarize.budgets import BudgetError
+from agents.summarize.budgets import BudgetError, measure_ratio
 from agents.summarize.nodes import EmptySummaryError
 from agents.text import count_tokens, count_words, decode, encode
 
@@ -81,6 +81,8 @@ COMPRESS_TOLERANCE = 0.2  # a compressed summary's words within int(0.8 t) .. in
 FIRST_TEMPERATURE = 0.5
 RETRY_TEMPERATURE = 1.0  # hierarchical re-asks and every compression
 TERMINAL = (".", "?", "!", '"', "'")  # a valid summary's last character
+
+FIT_MARGIN_TOKENS = 64  # Longform: kept free when prompts are fitted to the model's own count
 
 # Longform's bound where the reference asks again forever.
 EMPTY_ASKS = 3
@@ -199,6 +201,7 @@ class PaperSummarizer:
         self.max_context_len = ctx.llm.context_window
         self.done = 0
         self.total = len(chunks)
+        self.deviations: list[str] = []  # where this run had to leave the reference's plan
 
     # ----- model calls -------------------------------------------------------------------------
 
@@ -221,6 +224,14 @@ class PaperSummarizer:
         self.total = max(self.total, self.done)
         await self.ctx.progress(self.done, self.total, phase=phase)
 
+    # ----- the model's tokenizer ---------------------------------------------------------------
+
+    async def _token_ratio(self) -> float:
+        """The model's tokens per cl100k token (measured on three chunks; rounded to a 0.05
+        grid, so a resumed job measures the same)."""
+        n = len(self.chunks)
+        return await measure_ratio(self.ctx.llm, [self.chunks[i] for i in sorted({0, n // 2, n - 1})])
+
     # ----- hierarchical merging ------------------------------------------------------------------
 
     async def hierarchical_node(self, key: str, build: Callable[[Any], str], token_limit: int) -> dict[str, Any]:
@@ -238,6 +249,7 @@ class PaperSummarizer:
     async def run_hierarchical(self) -> dict[str, Any]:
         msl, mcl = self.max_summary_len, self.max_context_len
         merge_tokens = count_tokens(self.fill(HIER_MERGE, "", 0))
+        ratio = await self._token_ratio()
         n_levels, limits = estimate_levels(len(self.chunks), self.chunk_size, mcl, merge_tokens, msl)
         self.total = len(self.chunks) + max(0, n_levels - 1)
         nodes: list[dict[str, Any]] = []
@@ -250,6 +262,17 @@ class PaperSummarizer:
             if count_tokens("\n\n".join(inputs)) + msl + merge_tokens + PAD <= mcl:
                 limit = msl  # everything at this level fits one call: write at the final size
             num_tokens = mcl - limit - merge_tokens - PAD
+            # Longform: the reference counts in cl100k; a model whose tokenizer counts more would
+            # refuse its merges. Where the reference's budget overflows the context as the model
+            # counts it, merges are packed within what fits, and the result says so.
+            fitting = math.floor((mcl - limit - FIT_MARGIN_TOKENS) / ratio) - merge_tokens - PAD
+            if level > 0 and ratio > 1.0 and fitting < num_tokens:
+                self.deviations.append(
+                    f"level {level} merges: inputs packed within {fitting} cl100k tokens so that each prompt fits "
+                    f"the model's {mcl}-token context (its tokenizer counts {ratio:g} tokens per cl100k token) "
+                    f"(paper: {num_tokens})"
+                )
+                num_tokens = fitting
             if level == 0:
                 outs = await self._chunk_level(limit)
             else:
