@@ -617,7 +617,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
         plan = []
         repairs = []
         outputs = [await write_single(ctx, params, target, language)]
-        await ctx.progress(outputs[0]["words"], target, section=1, sections=1)
+        await ctx.progress(outputs[0]["words"], target, section=1, sections=1, unit="words")
         differs = controlled_differences(params, target)
     else:
         plan, repairs, outputs = await write_planned(ctx, params, target, language)
@@ -674,7 +674,7 @@ async def write_planned(ctx: JobContext, params: WriteParams, target: int,
         )
         outputs.append(output)
         written += output["words"]
-        await ctx.progress(written, target, section=i, sections=len(plan))
+        await ctx.progress(written, target, section=i, sections=len(plan), unit="words")
     return plan, repairs, outputs
 
 
@@ -799,6 +799,6 @@ KIND = JobKind(
     result=WriteResult,
     run=run,
     version=3,  # 3: controlled writes to the demand's aim (length_target.read_length_demand)
-    view=ResultView(text="text", plan="plan"),
+    view=ResultView(text="text", plan="plan", plan_step="plan.sections", parts_step="section/*.text"),
     scores=result_scores,
 )

@@ -309,5 +309,5 @@ KIND = JobKind(
     result=DatasetResult,
     run=run,
     version=2,  # 2: target lengths (the `lengths` step; drawn lengths stated in the instruction)
-    view=ResultView(),
+    view=ResultView(stats="stats", exports="files"),
 )

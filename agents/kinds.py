@@ -74,14 +74,22 @@ class AbsentStaysAbsent(BaseModel):
 
 
 class ResultView(BaseModel):
-    """Which result fields the CLI and the admin UI show, and how. Each names a top-level
-    field of the result, or is None when the kind has no such part."""
+    """Which result fields the CLI and the admin UI show, and how. The first seven name a
+    top-level field of the result, or are None when the kind has no such part; the last three
+    say where a running job's partial result is in its stored steps. The admin UI renders one
+    template per view type (api/admin/templates/views/) from these names only."""
 
     text: str | None = None  # the main text (printed by `longform result`)
     plan: str | None = None  # a list of planned parts
     tree: str | None = None  # a tree of nodes (summaries of summaries)
     transcript: str | None = None  # turns of a conversation or of a search
     flagged: str | None = None  # flagged sentences, each with its reasons
+    stats: str | None = None  # a dict of counts (gate drops, a length histogram...)
+    exports: str | None = None  # a dict whose keys are the formats the result exports as JSONL files
+    # While the job runs (from its stored steps and progress events):
+    plan_step: str | None = None  # "KEY.FIELD": the step whose output's FIELD is the plan, before the result
+    parts_step: str | None = None  # "PREFIX*.FIELD": steps whose output FIELD is a part of the main text, in order
+    node_step: str | None = None  # "FIELD": each tree node's id is a step key; that step output's FIELD is its text
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024
     max_document_bytes: int = 20 * 1024 * 1024
     max_target_words: int = 100_000
+    # Admin UI (/admin): the key that signs its session cookies. Empty: a random one made at
+    # start-up, so sessions end when the process restarts and each API replica signs its own
+    # (set it, the same on every replica, behind a load balancer).
+    admin_session_secret: str = ""
+    admin_session_hours: float = Field(default=12.0, gt=0)  # a login lasts this long
     # The length controller plans sections (AgentWrite) above this many words for one answer
     # (never more than the model's context leaves for one call).
     length_single_call_words: int = 1500
@@ -167,7 +172,7 @@ class Settings(BaseSettings):
         out: dict[str, object] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name.endswith("api_key") and value and value != "EMPTY":
+            if (name.endswith("api_key") or name.endswith("secret")) and value and value != "EMPTY":
                 value = "****"
             elif isinstance(value, str) and "://" in value:
                 value = ",".join(_mask_url(u) for u in value.split(","))

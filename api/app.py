@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from agents.settings import Settings
+from api.admin import mount as mount_admin
 from api.auth import auth_required
 from api.routes import datasets, documents, jobs, ops
 from api.served_models import ServedModels
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     app.state.longform = state
     for module in (jobs, documents, datasets, ops):
         app.include_router(module.router)
+    mount_admin(app, state)  # the admin UI under /admin
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError):

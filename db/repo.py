@@ -517,3 +517,123 @@ def token_totals(session: Session) -> dict[str, int]:
     ).one()
     return {"prompt": int(row[0]), "completion": int(row[1])}
 
+
+
+# ---- admin UI: job search and dashboard figures -------------------------------------------
+
+JOB_SORTS = {"created": Job.created_at, "finished": Job.finished_at, "kind": Job.kind, "status": Job.status,
+             "priority": Job.priority, "owner": Job.owner}
+
+
+def search_jobs(
+    session: Session,
+    *,
+    owner: str | None = None,
+    kinds: list[str] | None = None,
+    statuses: list[str] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    text: str | None = None,
+    sort: str = "created",
+    descending: bool = True,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """Jobs by owner, kinds, statuses and creation time, whose instruction (params.instruction
+    or params.question) or document name (params.document_id's) contains `text`; sorted by
+    one of JOB_SORTS (then id); with the total count."""
+    query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if created_from is not None:
+        query = query.where(Job.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(Job.created_at < created_to)
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        named = select(Document.id).where(Document.id == Job.params["document_id"].as_string(),
+                                          Document.name.ilike(pattern, escape="\\"))
+        query = query.where(or_(
+            Job.params["instruction"].as_string().ilike(pattern, escape="\\"),
+            Job.params["question"].as_string().ilike(pattern, escape="\\"),
+            named.exists(),
+        ))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    column = JOB_SORTS.get(sort, Job.created_at)
+    order = column.desc() if descending else column.asc()
+    rows = session.scalars(query.order_by(order, Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def job_counts(session: Session, owner: str | None = None) -> dict[str, int]:
+    """Jobs by status (of one owner, or of everyone)."""
+    query = select(Job.status, func.count()).group_by(Job.status)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return {s: n for s, n in session.execute(query)}
+
+
+def _minute(session: Session, column):
+    """`column` truncated to the minute, as text (SQLite) or a timestamp (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date_trunc("minute", column)
+    return func.strftime("%Y-%m-%d %H:%M", column)
+
+
+def _as_minute(value) -> datetime:
+    if isinstance(value, str):
+        value = datetime.strptime(value, "%Y-%m-%d %H:%M")
+    return _aware(value)
+
+
+def finished_per_minute(session: Session, since: datetime, owner: str | None = None) -> list[tuple[datetime, str, int]]:
+    """(minute, status, jobs) of the jobs that finished since `since`, counted in the database."""
+    minute = _minute(session, Job.finished_at)
+    query = select(minute, Job.status, func.count()).where(Job.finished_at >= since).group_by(minute, Job.status)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return [(_as_minute(m), status, n) for m, status, n in session.execute(query)]
+
+
+def tokens_per_minute(session: Session, since: datetime, owner: str | None = None) -> list[tuple[datetime, int]]:
+    """(minute, completion tokens) of the steps that finished since `since`, summed in the database."""
+    minute = _minute(session, Step.finished_at)
+    query = (select(minute, func.coalesce(func.sum(Step.completion_tokens), 0))
+             .where(Step.finished_at >= since).group_by(minute))
+    if owner is not None:
+        query = query.join(Job, Job.id == Step.job_id).where(Job.owner == owner)
+    return [(_as_minute(m), int(n)) for m, n in session.execute(query)]
+
+
+def running_jobs(session: Session, owner: str | None = None, limit: int = 20) -> list[Job]:
+    query = select(Job).where(Job.status == "running").order_by(Job.started_at.desc(), Job.id).limit(limit)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return list(session.scalars(query))
+
+
+def active_workers(session: Session, since: datetime) -> dict[str, int]:
+    """Workers that heartbeated a running job since `since`, with how many jobs each runs."""
+    rows = session.execute(
+        select(Job.worker, func.count()).where(Job.status == "running", Job.worker.is_not(None),
+                                               Job.heartbeat_at >= since).group_by(Job.worker)
+    )
+    return {worker: n for worker, n in rows}
+
+
+def get_api_key(session: Session, key_id: str) -> ApiKey | None:
+    """A key that is not revoked, by id (the admin UI's session names its key by id)."""
+    return session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+
+
+def step_by_key(session: Session, job_id: str, key: str) -> Step | None:
+    return session.scalar(select(Step).where(Step.job_id == job_id, Step.key == key))
+
+
+def steps_with_prefix(session: Session, job_id: str, prefix: str) -> list[Step]:
+    return list(session.scalars(select(Step).where(Step.job_id == job_id, Step.key.startswith(prefix, autoescape=True),
+                                                   Step.status == "succeeded").order_by(Step.id)))

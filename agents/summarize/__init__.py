@@ -371,6 +371,6 @@ KIND = JobKind(
     result=SummarizeResult,
     run=run,
     version=2,
-    view=ResultView(text="summary", tree="tree"),
+    view=ResultView(text="summary", tree="tree", node_step="text"),
     scores=result_scores,
 )

@@ -50,6 +50,14 @@ async def upload(
     if content_type not in ("text/plain", "application/octet-stream"):
         raise HTTPException(415, "send the document as a text/plain body")
     raw = await read_limited_body(request, state.settings.max_document_bytes)
+    body, created = store_document(state, who, raw, name, strip_gutenberg)
+    return JSONResponse(body, status_code=201 if created else 200)
+
+
+def store_document(state: AppState, who: Principal, raw: bytes, name: str | None,
+                   strip_gutenberg: bool) -> tuple[dict, bool]:
+    """Check and store an upload (once per owner and content). Returns its JSON and whether it
+    is new. Shared by this route and the admin UI's upload form."""
     text = decode_utf8(raw)
     if strip_gutenberg:
         from agents.gutenberg import strip_gutenberg as strip
@@ -61,7 +69,7 @@ async def upload(
     with state.db.session() as session:
         existing = repo.find_document(session, who.owner, digest, strip_gutenberg)
         if existing is not None:
-            return JSONResponse(document_json(existing), status_code=200)
+            return document_json(existing), False
     words, tokens = count_words(text), count_tokens(text)
     with state.db.session() as session:
         doc = Document(
@@ -70,7 +78,7 @@ async def upload(
         )
         session.add(doc)
         session.flush()
-        return document_json(doc)
+        return document_json(doc), True
 
 
 def load_visible_document(session, document_id: str, who: Principal) -> Document:

@@ -231,6 +231,12 @@ async def events(
     with state.db.reading() as session:
         load_visible_job(session, job_id, who)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return event_stream_response(state, job_id, after, request)
+
+
+def event_stream_response(state: AppState, job_id: str, after: int, request: Request) -> StreamingResponse:
+    """The SSE stream of a job the caller may see (checked by the caller), from event `after` on.
+    Shared by this route and the admin UI's."""
 
     def fetch(after_id: int):
         with state.db.reading() as session:
