@@ -240,8 +240,13 @@ def event_stream_response(state: AppState, job_id: str, after: int, request: Req
 
     def fetch(after_id: int):
         with state.db.reading() as session:
-            rows = repo.events_after(session, job_id, after_id)
+            # The status first: each SELECT may see a newer snapshot (SQLite outside a write,
+            # PostgreSQL's read committed), and a job's final status and its last event are
+            # committed together, so events read after a finished status include that event.
+            # Read the other way round, a job finishing between the two reads ended the stream
+            # without its final event.
             status = session.get(Job, job_id).status
+            rows = repo.events_after(session, job_id, after_id)
             return [(e.id, e.type, e.data) for e in rows], status
 
     async def stream():
