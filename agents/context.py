@@ -32,6 +32,56 @@ class JobCancelled(Exception):
     """Raised inside an agent when its job was cancelled; finished steps stay stored."""
 
 
+class BudgetExceeded(Exception):
+    """Raised before a model call that would pass the job's budget (`max_calls`,
+    `max_tokens_total`): the job fails with this reason; finished steps stay stored, so a
+    retry with a higher cap resumes where it stopped."""
+
+
+@dataclass
+class Budget:
+    """A job's caps on model calls and tokens (None: unlimited) and its use so far.
+
+    `calls` and `tokens` start at what the job's stored steps used (earlier runs) and grow
+    with each finished call of this run; `in_flight` counts the calls under way, so calls made
+    concurrently never pass `max_calls` together. Tokens are prompt plus completion tokens of
+    finished calls: the token cap is checked before a call, so the last call may overshoot it
+    by its own size."""
+
+    max_calls: int | None = None
+    max_tokens_total: int | None = None
+    calls: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.max_calls = self.max_calls or None  # 0: unlimited
+        self.max_tokens_total = self.max_tokens_total or None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_calls is not None or self.max_tokens_total is not None
+
+    def reserve(self) -> None:
+        """Take one call from the budget, or raise BudgetExceeded."""
+        if self.max_calls is not None and self.calls + self.in_flight + 1 > self.max_calls:
+            raise BudgetExceeded(
+                f"the job's budget of {self.max_calls} model calls is spent ({self.calls + self.in_flight} used); "
+                "raise max_calls to go on")
+        if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
+            raise BudgetExceeded(
+                f"the job's budget of {self.max_tokens_total} tokens is spent ({self.tokens} used); "
+                "raise max_tokens_total to go on")
+        self.in_flight += 1
+
+    def settle(self, result: LLMResult | None) -> None:
+        """A reserved call ended: with its result, or None when it raised (not counted)."""
+        self.in_flight -= 1
+        if result is not None:
+            self.calls += 1
+            self.tokens += result.prompt_tokens + result.completion_tokens
+
+
 @dataclass
 class StepUsage:
     """What one step cost, summed over every LLM call it made."""
@@ -225,11 +275,13 @@ def sampling_of(options: GenOptions) -> dict[str, Any]:
 class _RecordingClient:
     """Wraps the shared client: adds each call's usage to the running step, sets the sticky key."""
 
-    def __init__(self, inner: LLMClient, sticky_key: str | None, priority: int | None, role: str = "llm"):
+    def __init__(self, inner: LLMClient, sticky_key: str | None, priority: int | None, role: str = "llm",
+                 budget: Budget | None = None):
         self._inner = inner
         self._sticky_key = sticky_key
         self._priority = priority
         self._role = role  # "llm" or "judge": whose model a step's fingerprint records
+        self._budget = budget or Budget()  # shared by the job's clients (llm and judge)
 
     @property
     def model_name(self) -> str:
@@ -256,13 +308,22 @@ class _RecordingClient:
             usage.sampling.append(sampling_of(options))
         return result
 
+    async def _call(self, call: Callable[[], Awaitable[LLMResult]], options: GenOptions) -> LLMResult:
+        self._budget.reserve()  # BudgetExceeded before the call, never after it was paid for
+        result = None
+        try:
+            result = await call()
+        finally:
+            self._budget.settle(result)
+        return self._record(result, options)
+
     async def chat(self, messages: list[Message], options: GenOptions | None = None) -> LLMResult:
         options = self._options(options)
-        return self._record(await self._inner.chat(messages, options), options)
+        return await self._call(lambda: self._inner.chat(messages, options), options)
 
     async def complete(self, prompt: str, options: GenOptions | None = None) -> LLMResult:
         options = self._options(options)
-        return self._record(await self._inner.complete(prompt, options), options)
+        return await self._call(lambda: self._inner.complete(prompt, options), options)
 
     async def count_tokens(self, text: str) -> int:
         return await self._inner.count_tokens(text)
@@ -286,10 +347,14 @@ class JobContext:
         succeeded: dict[str, Any] | None = None,
         kind_version: int = 1,
         prompt_set: str | None = None,
+        budget: Budget | None = None,
     ):
-        self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority)
+        # The job's caps on model calls and tokens, shared by all its clients (None: unlimited).
+        self.budget = budget or Budget()
+        self.llm = _RecordingClient(llm, sticky_key=job_id or None, priority=priority, budget=self.budget)
         # The judge (S_q, BooookScore) may be a different model; None when not configured.
-        self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority, role="judge") if judge else None
+        self.judge = _RecordingClient(judge, sticky_key=job_id or None, priority=priority, role="judge",
+                                      budget=self.budget) if judge else None
         self.kind_version = kind_version  # part of every step's fingerprint
         self.services: JobServices = services or MemoryJobServices()
         self.priority = priority  # None: the model server does not schedule by priority

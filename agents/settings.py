@@ -78,8 +78,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = 128  # jobs one worker process runs at once (asyncio)
     job_lease_seconds: float = 60.0  # a running job whose heartbeat is older is taken over
     job_slice_seconds: float = 1800.0  # a Celery task runs a job this long, then re-queues it
+    # Budgets: the caps a job gets when its submit names none (`max_calls`, `max_tokens_total`);
+    # 0: unlimited (the default, so no normal job is stopped). Tokens are prompt + completion.
+    job_max_calls: int = Field(default=0, ge=0)
+    job_max_tokens_total: int = Field(default=0, ge=0)
     broker_visibility_timeout: int = 7200
     worker_metrics_port: int = 0  # Celery workers serve Prometheus metrics here when set
+    # Finished top-level jobs (with their children, steps, events and files) older than this
+    # many days are purged by the workers, at most every 10 minutes. 0: keep forever.
+    retention_days: float = Field(default=0.0, ge=0)
     # `serve`: run no embedded worker in this process; upgrade an outdated schema at start-up.
     longform_no_worker: bool = False
     longform_auto_upgrade: bool = False

@@ -156,13 +156,19 @@ class LongformClient:
         priority: int | None = None,
         idempotency_key: str | None = None,
         prompt_set: str | None = None,
+        max_calls: int | None = None,
+        max_tokens_total: int | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Returns the job and whether it is new (202) rather than an earlier one with the same key (200)."""
+        """Returns the job and whether it is new (202) rather than an earlier one with the same key (200).
+        `max_calls`, `max_tokens_total`: the job's budget (0: unlimited; None: the server's default)."""
         body: dict[str, Any] = {"kind": kind, "params": params}
         if priority is not None:
             body["priority"] = priority
         if prompt_set is not None:
             body["prompt_set"] = prompt_set
+        for name, value in (("max_calls", max_calls), ("max_tokens_total", max_tokens_total)):
+            if value is not None:
+                body[name] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         response = self._request("POST", "/v1/jobs", json=body, headers=headers)
         return response.json(), response.status_code == 202
@@ -185,11 +191,24 @@ class LongformClient:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def retry_job(self, job_id: str, mode: str | None = None) -> dict[str, Any]:
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its steps, events, children and files (409 while it runs)."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def purge_jobs(self, older_than_days: float | None = None) -> dict[str, Any]:
+        """Admin: delete finished top-level jobs older than the days given (default RETENTION_DAYS)."""
+        params = {"older_than_days": older_than_days} if older_than_days is not None else {}
+        return self._json("POST", "/v1/purge", params=params, timeout=600.0)
+
+    def retry_job(self, job_id: str, mode: str | None = None, *, max_calls: int | None = None,
+                  max_tokens_total: int | None = None) -> dict[str, Any]:
         """Requeue a failed or cancelled job. `mode` ("reuse" or "fresh") says what to do with
         steps stored by code that has changed since; without it the server refuses (409, with
-        `stale_steps` in ApiError.data) when there are any."""
-        body = {"json": {"mode": mode}} if mode else {}
+        `stale_steps` in ApiError.data) when there are any. `max_calls`, `max_tokens_total`: new
+        budget caps (0: unlimited; None: keep the job's)."""
+        fields = {"mode": mode, "max_calls": max_calls, "max_tokens_total": max_tokens_total}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        body = {"json": fields} if fields else {}
         return self._json("POST", f"/v1/jobs/{job_id}/retry", **body)
 
     def job_steps(self, job_id: str) -> list[dict[str, Any]]:
@@ -249,6 +268,10 @@ class LongformClient:
     def get_document(self, document_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/documents/{document_id}")
 
+    def delete_document(self, document_id: str) -> None:
+        """409 while a queued or running job uses it."""
+        self._request("DELETE", f"/v1/documents/{document_id}")
+
     # ---- datasets --------------------------------------------------------------------
 
     def create_dataset(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -262,3 +285,7 @@ class LongformClient:
         if state_length is not None:
             params["state_length"] = "true" if state_length else "false"
         return self._request("GET", f"/v1/datasets/{dataset_id}/export", params=params, timeout=300.0).text
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a finished build with its child jobs and export files (409 while it runs)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")

@@ -23,6 +23,13 @@ class Usage(BaseModel):
     cached_tokens: int
 
 
+class Budget(BaseModel):
+    max_calls: int | None = Field(default=None, description="cap on the job's model calls; null: unlimited")
+    calls: int = Field(description="model calls its steps made so far")
+    max_tokens_total: int | None = Field(default=None, description="cap on prompt + completion tokens; null: unlimited")
+    tokens: int = Field(description="prompt + completion tokens its steps used so far")
+
+
 class JobSummary(BaseModel):
     id: str
     kind: str
@@ -39,6 +46,7 @@ class JobSummary(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     usage: Usage
+    budget: Budget | None = None
 
 
 def _result_union() -> Any:

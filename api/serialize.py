@@ -39,11 +39,22 @@ def job_json(
     if new:
         usage = dict(repo.NO_USAGE)
     data["usage"] = usage if usage is not None else repo.job_usage(session, job.id)
+    data["budget"] = budget_json(job, data["usage"])
     if full:
         data["params"] = job.params
         data["result"] = job.result if job.status == "succeeded" else None
         data["scores"] = {} if new else {s.metric: s.value for s in repo.job_scores(session, job.id)}
     return data
+
+
+def budget_json(job: Job, usage: dict[str, int]) -> dict[str, Any]:
+    """The job's caps (None: unlimited) and its use so far, as its stored steps record it."""
+    return {
+        "max_calls": job.max_calls,
+        "calls": usage["calls"],
+        "max_tokens_total": job.max_tokens_total,
+        "tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+    }
 
 
 def step_json(step: Step, with_output: bool = False) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5)  # 0 (first) .. 9 (last)
     # The named prompt set the job renders its templates from first (PROMPT_SETS_DIR/NAME); NULL: none.
     prompt_set: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The job's budget: caps on its model calls and on its prompt + completion tokens; NULL: unlimited.
+    max_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_tokens_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     owner: Mapped[str] = mapped_column(String(64), default="local")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

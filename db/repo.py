@@ -29,8 +29,12 @@ class IdempotencyConflict(Exception):
 # ---- jobs -------------------------------------------------------------------------------
 
 
-def request_fingerprint(kind: str, params: dict[str, Any], prompt_set: str | None = None) -> str:
+def request_fingerprint(kind: str, params: dict[str, Any], prompt_set: str | None = None,
+                        budget: dict[str, int | None] | None = None) -> str:
     request: list[Any] = [kind, params] if prompt_set is None else [kind, params, {"prompt_set": prompt_set}]
+    budget = {k: v for k, v in (budget or {}).items() if v is not None}
+    if budget:  # only a job with caps hashes them: the hashes of jobs without are as before
+        request.append({"budget": budget})
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
@@ -44,9 +48,13 @@ def create_job(
     idempotency_key: str | None = None,
     parent_id: str | None = None,
     prompt_set: str | None = None,
+    max_calls: int | None = None,
+    max_tokens_total: int | None = None,
 ) -> tuple[Job, bool]:
-    """Insert a queued job. With an idempotency key already used by this owner, return that job."""
-    fingerprint = request_fingerprint(kind, params, prompt_set)
+    """Insert a queued job. With an idempotency key already used by this owner, return that job.
+    `max_calls`, `max_tokens_total`: the job's budget (None: unlimited)."""
+    fingerprint = request_fingerprint(kind, params, prompt_set,
+                                      {"max_calls": max_calls, "max_tokens_total": max_tokens_total})
     if idempotency_key:
         existing = find_by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
@@ -60,6 +68,8 @@ def create_job(
         request_hash=fingerprint,
         parent_id=parent_id,
         prompt_set=prompt_set,
+        max_calls=max_calls,
+        max_tokens_total=max_tokens_total,
     )
     session.add(job)
     if not idempotency_key:
@@ -176,6 +186,8 @@ class ClaimedJob:
     succeeded: dict[str, Any]  # outputs of the steps earlier runs finished, by key
     retry_mode: str | None = None  # see requeue_for_retry
     prompt_set: str | None = None  # the job's named prompt set, if any
+    max_calls: int | None = None  # the job's budget (None: unlimited)
+    max_tokens_total: int | None = None
 
 
 def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float) -> list[ClaimedJob]:
@@ -197,7 +209,7 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
         )
         .values(status="running", worker=worker, heartbeat_at=now, runs=JOBS.c.runs + 1, started_at=func.coalesce(JOBS.c.started_at, now))
         .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.params, JOBS.c.priority, JOBS.c.runs, JOBS.c.retry_mode,
-                   JOBS.c.prompt_set)
+                   JOBS.c.prompt_set, JOBS.c.max_calls, JOBS.c.max_tokens_total)
     ).all()
     if not rows:
         return []
@@ -207,7 +219,7 @@ def claim_jobs(session: Session, job_ids: list[str], worker: str, lease_s: float
     # A first run has no earlier steps to load.
     steps = succeeded_steps_by_job(session, [row.id for row in rows if row.runs > 1])
     return [ClaimedJob(row.id, row.kind, row.params, row.priority, row.runs, steps.get(row.id, {}), row.retry_mode,
-                       row.prompt_set)
+                       row.prompt_set, row.max_calls, row.max_tokens_total)
             for row in rows]
 
 

@@ -20,6 +20,7 @@ from celery.signals import worker_ready
 
 from agents.settings import Settings
 from db import repo
+from workers.retention import RetentionTimer
 from workers.runtime import RELEASED, WorkerRuntime, new_event_loop
 
 log = logging.getLogger("longform.worker")
@@ -135,13 +136,16 @@ def requeue_unfinished(include_queued: bool) -> int:
 
 
 def _sweeper() -> None:
-    """Re-queue jobs of workers that died, for as long as this worker lives."""
+    """Re-queue jobs of workers that died, and purge old finished jobs (RETENTION_DAYS, at most
+    every 10 minutes), for as long as this worker lives."""
+    retention = RetentionTimer()
     while True:
         time.sleep(max(1.0, settings.job_lease_seconds))
         try:
             requeue_unfinished(include_queued=False)
         except Exception:
             log.exception("sweep for unfinished jobs failed")
+        retention.maybe_purge(loop_thread().runtime.db, settings)
 
 
 @worker_ready.connect

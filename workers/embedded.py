@@ -11,7 +11,8 @@ import logging
 import threading
 
 from agents.settings import Settings
-from db import repo
+from db import deletion, repo
+from workers.retention import RetentionTimer
 from workers.runtime import WorkerRuntime, new_event_loop
 
 log = logging.getLogger("longform.worker")
@@ -29,6 +30,8 @@ class EmbeddedWorker:
         self._stopping = False
         self._started = threading.Event()
         self.tasks: dict[str, asyncio.Task] = {}
+        self.retention = RetentionTimer()
+        self._purge: asyncio.Task | None = None
 
     # -- lifecycle, called from other threads ----------------------------------------------
 
@@ -77,6 +80,8 @@ class EmbeddedWorker:
                     claimed = []
                 for job in claimed:
                     self.tasks[job.id] = asyncio.create_task(self._run(job))
+            if (self._purge is None or self._purge.done()) and self.retention.due(self.settings):
+                self._purge = asyncio.create_task(asyncio.to_thread(self._run_purge))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
@@ -84,8 +89,16 @@ class EmbeddedWorker:
                 pass
         for task in self.tasks.values():
             task.cancel()  # each hands its job back to the queue
-        await asyncio.gather(warm_up, *self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(warm_up, *self.tasks.values(), *([self._purge] if self._purge else []),
+                             return_exceptions=True)
         await self.runtime.aclose()
+
+    def _run_purge(self) -> None:
+        """RETENTION_DAYS: delete old finished jobs (on a thread: the loop keeps polling)."""
+        try:
+            deletion.purge(self.runtime.db, self.settings.longform_data_dir, self.settings.retention_days)
+        except Exception:
+            log.exception("retention purge failed")
 
     async def _run(self, job: repo.ClaimedJob) -> None:
         job_id = job.id

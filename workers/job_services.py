@@ -77,6 +77,8 @@ class DbJobServices:
                         session, kind, model.model_dump(mode="json"), owner=parent.owner, priority=priority,
                         idempotency_key=f"{parent_id}/child/{index}", parent_id=parent_id,
                         prompt_set=parent.prompt_set,  # children render from the parent's prompt set
+                        # and each gets the parent's budget caps as its own (per job, not shared)
+                        max_calls=parent.max_calls, max_tokens_total=parent.max_tokens_total,
                     )
                     ids.append(job.id)
                 return ids

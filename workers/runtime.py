@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 import prompts
 from agents import fingerprints
-from agents.context import JobCancelled, JobContext
+from agents.context import Budget, JobCancelled, JobContext
 from agents.kinds import JobKind, get_kind, validate_params
 from agents.llm.types import LLMClient
 from agents.settings import Settings
@@ -184,6 +184,10 @@ class WorkerRuntime:
                 await self._db(repo.finish_job, job_id, self.worker_id, "failed",
                                error=f"{fingerprints.describe(stale)}; retry with mode 'reuse' or 'fresh'")
                 return "failed"
+        budget = Budget(claimed.max_calls, claimed.max_tokens_total)
+        if budget.limited and claimed.runs > 1:  # what the steps of earlier runs used counts
+            used = await self._db(repo.job_usage, job_id)
+            budget.calls, budget.tokens = used["calls"], used["prompt_tokens"] + used["completion_tokens"]
 
         ctx = JobContext(
             self.llm,
@@ -198,6 +202,7 @@ class WorkerRuntime:
             succeeded=claimed.succeeded,
             kind_version=kind.version,
             prompt_set=claimed.prompt_set,
+            budget=budget,
         )
         agent = asyncio.create_task(kind.run(ctx, params), name=f"job-{job_id}")
         self._active[job_id] = (agent, cancel_flag)

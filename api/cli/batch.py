@@ -643,6 +643,15 @@ def dataset_export(ctx, dataset_id, fmt, out_file, state_length) -> None:
     _export(make_client(ctx), dataset_id, fmt, out_file, state_length)
 
 
+@dataset_group.command("delete")
+@click.argument("dataset_id")
+@click.pass_context
+def dataset_delete(ctx, dataset_id) -> None:
+    """Delete a finished build with its child jobs and export files (cancel a running one first)."""
+    make_client(ctx).delete_dataset(dataset_id)
+    click.echo(f"dataset {dataset_id}: deleted")
+
+
 def _export(client, dataset_id: str, fmt: str, out_file: str | None, state_length: bool | None = None) -> None:
     text = client.export_dataset(dataset_id, fmt, state_length)
     if out_file:

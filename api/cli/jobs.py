@@ -207,15 +207,20 @@ def submit_and_follow(
 @click.option("--priority", type=click.IntRange(0, 9), help="0 (first) .. 9 (last); default 5.")
 @click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same job.")
 @click.option("--prompt-set", metavar="NAME", help="A prompt set installed on the server (see `longform prompts list`).")
+@click.option("--max-calls", type=click.IntRange(0), metavar="N",
+              help="Budget: the most model calls the job may make (0: unlimited; default: the server's JOB_MAX_CALLS).")
+@click.option("--max-tokens-total", type=click.IntRange(0), metavar="N",
+              help="Budget: the most prompt + completion tokens (0: unlimited; default: JOB_MAX_TOKENS_TOTAL).")
 @click.option("--wait", is_flag=True, help="Wait for the end and print the result.")
 @click.option("--watch", is_flag=True, help="Show live progress, then print the result.")
 @click.pass_context
-def submit(ctx, kind, params_json, params_file, pairs, priority, idempotency_key, prompt_set, wait, watch) -> None:
+def submit(ctx, kind, params_json, params_file, pairs, priority, idempotency_key, prompt_set, max_calls,
+           max_tokens_total, wait, watch) -> None:
     """Submit a job of KIND (chat, write, summarize, booookscore, dataset, ...)."""
     params = parse_params(params_json, params_file, pairs)
     client = make_client(ctx)
     job, new = client.submit_job(kind, params, priority=priority, idempotency_key=idempotency_key,
-                                 prompt_set=prompt_set)
+                                 prompt_set=prompt_set, max_calls=max_calls, max_tokens_total=max_tokens_total)
     click.echo(job["id"])
     announce(job, new)
     if not (wait or watch):
@@ -321,17 +326,49 @@ def cancel(ctx, job_id) -> None:
 @click.argument("job_id", metavar="JOB")
 @click.option("--mode", type=click.Choice(["reuse", "fresh"]),
               help="For steps stored by code that has changed since: reuse their stored outputs, or run them fresh.")
+@click.option("--max-calls", type=click.IntRange(0), metavar="N",
+              help="A new budget of model calls, counting those already made (0: unlimited).")
+@click.option("--max-tokens-total", type=click.IntRange(0), metavar="N",
+              help="A new budget of prompt + completion tokens, counting those already used (0: unlimited).")
 @click.pass_context
-def retry(ctx, job_id, mode) -> None:
+def retry(ctx, job_id, mode, max_calls, max_tokens_total) -> None:
     """Run a failed or cancelled job again; finished steps are not redone."""
     try:
-        job = make_client(ctx).retry_job(job_id, mode=mode)
+        job = make_client(ctx).retry_job(job_id, mode=mode, max_calls=max_calls, max_tokens_total=max_tokens_total)
     except ApiError as exc:
         stale = exc.data.get("stale_steps") if exc.status_code == 409 and isinstance(exc.data, dict) else None
         if not stale:
             raise
         raise CliFailure(stale_steps_message(job_id, f"{exc.detail} (HTTP {exc.status_code})", stale), 1) from None
     click.echo(f"job {job['id']}: {job['status']}")
+
+
+@cli.command()
+@click.argument("ids", metavar="JOB|doc:ID...", nargs=-1, required=True)
+@click.pass_context
+def delete(ctx, ids) -> None:
+    """Delete finished jobs (with their steps, events, children and files), or documents given
+    as doc:ID. A queued or running job is refused: cancel it first."""
+    client = make_client(ctx)
+    for item in ids:
+        if item.startswith("doc:"):
+            client.delete_document(item[4:])
+            click.echo(f"document {item[4:]}: deleted")
+        else:
+            client.delete_job(item)
+            click.echo(f"job {item}: deleted")
+
+
+@cli.command()
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0, min_open=True), metavar="DAYS",
+              help="Age in days of the finished jobs to delete (default: the server's RETENTION_DAYS).")
+@click.pass_context
+def purge(ctx, older_than) -> None:
+    """Admin: delete finished jobs that ended more than DAYS ago, with their children and files."""
+    answer = make_client(ctx).purge_jobs(older_than)
+    for job_id in answer["purged"]:
+        click.echo(job_id)
+    note(f"purged {answer['count']} finished jobs older than {answer['older_than_days']:g} days")
 
 
 def stale_steps_message(job_id: str, message: str, stale: list[Any]) -> str:

@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import Principal, principal
 from api.routes.documents import load_visible_document
-from api.routes.jobs import load_visible_job, submit_job
+from api.routes.jobs import BUDGET_FIELDS, check_budget_value, delete_visible_job, load_visible_job, submit_job
 from api.serialize import job_json
 from api.state import AppState, get_state
 from agents import dataset as ds
@@ -36,7 +36,9 @@ def create_dataset(
     """Body: the `dataset` params (recipe; items | jsonl | document_id | seeds+count; write, gates, formats;
     for recipe selflengthen protocol, generator_model, extender_model, length_demands, lengthen and
     selflengthen; for recipe ruler-mlt jsonl | document_id of (instruction, response) pairs, mlt_cap,
-    seed and formats), an optional priority and an optional prompt_set (its child jobs render from it).
+    seed and formats), an optional priority and an optional prompt_set (its child jobs render from it),
+    optional budget caps max_calls and max_tokens_total (0: unlimited; default: the settings'): each
+    child job inherits the build's caps as its own (per job, not a total over the build).
     A jsonl source (ruler-mlt: or document) with no usable line is refused: 422 with `rejected_lines`."""
     params = dict(body)
     priority = params.pop("priority", 5)
@@ -45,6 +47,7 @@ def create_dataset(
     prompt_set = params.pop("prompt_set", None)
     if prompt_set is not None and not isinstance(prompt_set, str):
         raise HTTPException(422, "prompt_set must be the name of an installed prompt set")
+    budget = {name: check_budget_value(name, params.pop(name, None)) for name in BUDGET_FIELDS}
     rejected: list[dict[str, Any]] = []
     if params.get("recipe") == ruler_mlt.RECIPE:
         source = params.get("jsonl") if isinstance(params.get("jsonl"), str) else _document_text(state, who, params)
@@ -57,7 +60,8 @@ def create_dataset(
         items, rejected = ds.parse_instruction_jsonl(params["jsonl"])
         if not items:
             raise HTTPException(422, {"message": "no valid instruction lines", "rejected_lines": rejected})
-    data, created = submit_job(state, who, "dataset", params, priority, idempotency_key, prompt_set=prompt_set)
+    data, created = submit_job(state, who, "dataset", params, priority, idempotency_key, prompt_set=prompt_set,
+                               **budget)
     data["rejected_lines"] = rejected
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/datasets/{data['id']}"})
 
@@ -85,6 +89,14 @@ def get_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Prin
     with state.db.reading() as session:
         body["children"] = repo.children_status(session, dataset_id)
     return body
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204,
+               responses={409: {"description": "the build or one of its items is queued or running: cancel it first"}})
+def delete_dataset(dataset_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    """Delete a finished build with its child jobs and its export files (DATA_DIR/datasets/ID)."""
+    delete_visible_job(state, dataset_id, who, kind="dataset")
+    return Response(status_code=204)
 
 
 @router.get("/datasets/{dataset_id}/export")
@@ -154,7 +166,10 @@ def _ruler_mlt_export(state: AppState, job: dict[str, Any], fmt: str):
         steps = repo.succeeded_steps(session, job["id"])
         source = job["params"].get("jsonl")
         if source is None and ruler_mlt.STEP in steps:  # the document was checked at submit
-            source = session.get(Document, job["params"]["document_id"]).text
+            doc = session.get(Document, job["params"]["document_id"])
+            if doc is None:  # deleted since (DELETE /v1/documents/{id})
+                raise HTTPException(410, f"the dataset's source document {job['params']['document_id']} was deleted")
+            source = doc.text
     return ruler_mlt.export(job["params"], steps, source or "", fmt)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import hashlib
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from agents.text import count_tokens, count_words
 from api.auth import Principal, principal
 from api.serialize import document_json
 from api.state import AppState, get_state
-from db import repo
+from db import deletion, repo
 from db.models import Document
 
 router = APIRouter(prefix="/v1", tags=["documents"])
@@ -110,3 +110,17 @@ def get_document(document_id: str, state: AppState = Depends(get_state), who: Pr
 def get_document_text(document_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
     with state.db.reading() as session:
         return PlainTextResponse(load_visible_document(session, document_id, who).text, media_type="text/plain; charset=utf-8")
+
+
+@router.delete("/documents/{document_id}", status_code=204,
+               responses={409: {"description": "a queued or running job uses the document"}})
+def delete_document(document_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    """Delete a document (204); refused (409) while a queued or running job names it. Finished
+    jobs that used it keep their results."""
+    with state.db.session() as session:
+        doc = load_visible_document(session, document_id, who)
+        try:
+            deletion.delete_document(session, doc)
+        except deletion.StillActive as exc:
+            raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)

@@ -6,7 +6,7 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 import prompts
@@ -19,10 +19,29 @@ from api.schemas import JobList, KindList, StepList
 from api.serialize import job_json, step_json
 from api.served_models import UnservedModel
 from api.state import AppState, get_state
-from db import repo
+from db import deletion, repo
 from db.models import Job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+MAX_CAP = 2**31 - 1  # a budget cap is stored in a 32-bit integer column
+BUDGET_FIELDS = ("max_calls", "max_tokens_total")
+
+
+def check_budget_value(name: str, value: Any) -> int | None:
+    """A cap from a body that is not a pydantic model (datasets): None, or 0..MAX_CAP (422 otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CAP:
+        raise HTTPException(422, f"invalid request: {name}: must be an integer from 0 (unlimited) to {MAX_CAP}")
+    return value
+
+
+def resolve_budget(settings, max_calls: int | None, max_tokens_total: int | None) -> dict[str, int | None]:
+    """The caps a new job gets: those asked for, else the settings' defaults; 0 means unlimited (None)."""
+    calls = settings.job_max_calls if max_calls is None else max_calls
+    tokens = settings.job_max_tokens_total if max_tokens_total is None else max_tokens_total
+    return {"max_calls": calls or None, "max_tokens_total": tokens or None}
 
 
 class JobRequest(BaseModel):
@@ -33,6 +52,16 @@ class JobRequest(BaseModel):
         default=None, max_length=100,
         description="a named prompt set installed on the server (PROMPT_SETS_DIR/NAME; GET /v1/prompts lists "
                     "them): its files replace the bundled templates of the same name for this job and its children",
+    )
+    max_calls: int | None = Field(
+        default=None, ge=0, le=MAX_CAP, strict=True,
+        description="budget: the most model calls the job may make (0: unlimited; default: JOB_MAX_CALLS); "
+                    "past it the job fails with the reason and keeps its finished steps",
+    )
+    max_tokens_total: int | None = Field(
+        default=None, ge=0, le=MAX_CAP, strict=True,
+        description="budget: the most prompt + completion tokens the job may use (0: unlimited; default: "
+                    "JOB_MAX_TOKENS_TOTAL); checked before each call, so the last call may overshoot it by its size",
     )
 
 
@@ -48,8 +77,10 @@ def check_prompt_set(state: AppState, prompt_set: str | None) -> None:
 def submit_job(
     state: AppState, who: Principal, kind: str, params: dict[str, Any], priority: int,
     idempotency_key: str | None, parent_id: str | None = None, prompt_set: str | None = None,
+    max_calls: int | None = None, max_tokens_total: int | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Validate, store and queue a job. Returns its JSON and whether it is new."""
+    """Validate, store and queue a job. Returns its JSON and whether it is new. The budget caps
+    (None: the settings' defaults, 0: unlimited) are resolved here and stored with the job."""
     try:
         model = validate_params(kind, params, state.settings)
     except UnknownKind as exc:
@@ -70,6 +101,7 @@ def submit_job(
             job, created = repo.create_job(
                 session, kind, model.model_dump(mode="json"), owner=who.owner, priority=priority,
                 idempotency_key=idempotency_key, parent_id=parent_id, prompt_set=prompt_set,
+                **resolve_budget(state.settings, max_calls, max_tokens_total),
             )
         except repo.IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
@@ -104,7 +136,8 @@ def create(
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
 ):
     data, created = submit_job(state, who, body.kind, body.params, body.priority, idempotency_key,
-                               prompt_set=body.prompt_set)
+                               prompt_set=body.prompt_set, max_calls=body.max_calls,
+                               max_tokens_total=body.max_tokens_total)
     return JSONResponse(data, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{data['id']}"})
 
 
@@ -156,11 +189,60 @@ def cancel(job_id: str, state: AppState = Depends(get_state), who: Principal = D
         return JSONResponse(job_json(session, job))
 
 
+@router.delete("/jobs/{job_id}", status_code=204,
+               responses={409: {"description": "the job or one of its children is queued or running: cancel it first"}})
+def delete_job(job_id: str, state: AppState = Depends(get_state), who: Principal = Depends(principal)):
+    """Delete a finished job with its steps, events, scores, children and files (204)."""
+    delete_visible_job(state, job_id, who)
+    return Response(status_code=204)
+
+
+def delete_visible_job(state: AppState, job_id: str, who: Principal, kind: str | None = None) -> None:
+    """Delete the job (404 when the caller cannot see it, or it is not of `kind`; 409 while it or a
+    child is queued or running), then its files under the data directory."""
+    with state.db.session() as session:
+        job = load_visible_job(session, job_id, who)
+        if kind is not None and job.kind != kind:
+            raise HTTPException(404, f"{kind} {job_id} not found (job {job_id} is a {job.kind} job)")
+        try:
+            ids = deletion.delete_job_tree(session, job_id)
+        except deletion.StillActive as exc:
+            raise HTTPException(409, str(exc)) from None
+    deletion.remove_job_files(state.settings.longform_data_dir, ids)
+
+
+@router.post("/purge")
+def purge(
+    older_than_days: float | None = Query(default=None, gt=0, description="default: RETENTION_DAYS"),
+    state: AppState = Depends(get_state),
+    who: Principal = Depends(principal),
+):
+    """Admin: delete finished top-level jobs (with their children and files) whose finished_at is
+    older than the given number of days. Returns the ids purged."""
+    if not who.is_admin:
+        raise HTTPException(403, "purging needs an admin key")
+    days = older_than_days if older_than_days is not None else state.settings.retention_days
+    if not days or days <= 0:
+        raise HTTPException(422, "give older_than_days (RETENTION_DAYS is 0: keep forever)")
+    purged = deletion.purge(state.db, state.settings.longform_data_dir, days)
+    return {"purged": purged, "count": len(purged), "older_than_days": days}
+
+
 class RetryRequest(BaseModel):
     mode: Literal["reuse", "fresh"] | None = Field(
         default=None,
         description="what to do with stored steps that no longer match the code: reuse them, or run them "
                     "and the steps that depend on them afresh; without a mode such a retry is refused (409)",
+    )
+    max_calls: int | None = Field(
+        default=None, ge=0, le=MAX_CAP, strict=True,
+        description="a new cap on the job's model calls, counting those it already made (0: unlimited; "
+                    "omitted: keep the cap); a job stopped by its budget goes on with a higher one",
+    )
+    max_tokens_total: int | None = Field(
+        default=None, ge=0, le=MAX_CAP, strict=True,
+        description="a new cap on the job's prompt + completion tokens, counting those it already used "
+                    "(0: unlimited; omitted: keep the cap)",
     )
 
 
@@ -181,6 +263,10 @@ def retry(job_id: str, body: RetryRequest | None = None, state: AppState = Depen
                                "to run them and the steps that depend on them again",
                     "stale_steps": stale,
                 })
+        for name in BUDGET_FIELDS:  # new caps, if given (0: unlimited)
+            value = getattr(body, name) if body is not None else None
+            if value is not None:
+                setattr(job, name, value or None)
         repo.requeue_for_retry(session, job, mode)
         session.flush()
         body, priority = job_json(session, job), job.priority
