@@ -16,8 +16,8 @@ from api.cli.base import cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "booookscore", "cancel", "config", "dataset", "db", "eval", "fake-llm", "jobs", "keys", "prompts", "result", "retry",
-    "serve", "status", "steps", "submit", "summarize", "upload", "watch", "worker", "write",
+    "booookscore", "cancel", "config", "dataset", "db", "delete", "eval", "fake-llm", "jobs", "keys", "prompts", "purge",
+    "result", "retry", "serve", "status", "steps", "submit", "summarize", "upload", "watch", "worker", "write",
 ]
 
 
@@ -29,8 +29,8 @@ def listed_commands(help_text: str) -> list[str]:
 def test_the_package_has_every_command_on_one_group():
     assert api.cli.cli is cli
     assert cli.list_commands(None) == COMMANDS
-    assert sorted(cli.commands["eval"].commands) == ["longbench-write", "longen", "tlg"]
-    assert sorted(cli.commands["dataset"].commands) == ["build", "export"]
+    assert sorted(cli.commands["eval"].commands) == ["longbench-write", "longen", "symbench", "tlg"]
+    assert sorted(cli.commands["dataset"].commands) == ["build", "delete", "export"]
     assert sorted(cli.commands["db"].commands) == ["current", "upgrade"]
     assert sorted(cli.commands["keys"].commands) == ["create", "list", "revoke"]
 
