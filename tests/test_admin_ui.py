@@ -31,6 +31,9 @@ if sync_playwright is None or CHROMIUM is None:
     pytest.skip("the browser tests need Python playwright (pip install playwright) and Debian's chromium "
                 "(apt-get install -y chromium)", allow_module_level=True)
 
+# The suite shares 2 cores with model processes: a page may take more than playwright's 5 s.
+expect.set_options(timeout=20_000)
+
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "admin"
 XSS = '<script>window.__xss = 1</script><img src="x" onerror="window.__xss = 2">'
 
