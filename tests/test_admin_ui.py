@@ -194,6 +194,9 @@ def test_upload_a_document_and_open_its_summarization_tree(site, tmp_path):
     page.fill("#f-target_words", "120")
     page.click("#submit-job")
     expect(page.locator("#status-badge")).to_have_text("succeeded", timeout=120_000)
+    # The live page reloads itself once the job ends; open the finished page before clicking,
+    # or that reload can wipe the node just loaded.
+    page.goto(page.url)
     expect(page.locator("#summary-tree")).to_be_visible()
     node = page.locator("#summary-tree button.node").first
     node_id = node.inner_text().split(" · ")[0]
