@@ -407,8 +407,15 @@ def strip_labels(text: str) -> str:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _section_tokens(words: int, language: str, cap: int) -> int:
-    return lc.tokens_for_words(words, language, cap)
+def _section_tokens(words: int, language: str, cap: int, per_word: float | None = None) -> int:
+    return lc.tokens_for_words(words, language, cap, per_word)
+
+
+def server_tokens_per_word(written: list[dict[str, Any]]) -> float | None:
+    """The server's tokens per word over sections written so far (their stored `tokens`, the
+    server's own count); None before the first."""
+    words = sum(p["words"] for p in written if "tokens" in p)
+    return sum(p["tokens"] for p in written if "tokens" in p) / words if words else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,7 +499,7 @@ async def write_section(
 
     async def call(text: str, more: int) -> tuple[str, str]:
         nonlocal compacted
-        wanted = _section_tokens(more, language, cap)
+        wanted = _section_tokens(more, language, cap, server_tokens_per_word(previous))
         # The prompt without the text so far; whatever room is left holds as much of it as fits.
         base_tokens = await count_message_tokens(ctx.llm, render(PriorText("", omitted=index - 1), text, more))
         room_for_prior = output_room(window, base_tokens) - wanted - PRIOR_FRAME_TOKENS
@@ -612,7 +619,7 @@ async def run(ctx: JobContext, params: WriteParams) -> dict[str, Any]:
             outputs = [await paper.write_single(ctx, params, instruction)]
         else:
             plan, outputs = await paper.write(ctx, params, instruction)
-        differs = paper.differences(params, stated)
+        differs = paper.differences(params, stated, outputs)
     elif params.method == "single":
         plan = []
         repairs = []

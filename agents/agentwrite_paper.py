@@ -9,9 +9,12 @@ max_tokens 4096 per call. The single-call baseline sends the instruction alone, 
 LongBench-Write's evaluation does, at its temperature 0.5.
 
 What stays Longform's because it is safety, not method: an empty answer fails the job
-instead of being stored; limits come from the server (max_tokens shrinks to what the
-context leaves, and a prompt that no longer fits fails with that reason); "Paragraph N"
-labels are removed (the paper's post-processing).
+instead of being stored; limits come from the server, counted by its own tokenizer
+(max_tokens shrinks to what the context leaves; once all text so far would leave less room
+than the section's stated word count needs at the server's measured tokens per word, the
+prompt shows only the most recent sections that leave it, recorded as a difference;
+a prompt that cannot fit even so fails with that reason); "Paragraph N" labels are
+removed (the paper's post-processing).
 
 Prompts: `longwriter/plan.txt` and `longwriter/write.txt`, filled as the reference fills
 its `plan.txt` and `write.txt` ($INST$, $PLAN$, $TEXT$, $STEP$ replaced), and the S_q judge's
@@ -21,9 +24,11 @@ overlaid (PROMPTS_DIR); the bundled ones are Longform's own wording.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from agents import length_control as lc
 from agents.llm.tokens import count_message_tokens, output_room
 from agents.llm.types import GenOptions, LLMBadRequest
 from agents.text import count_words
@@ -114,22 +119,44 @@ async def make_plan(ctx: "JobContext", params: "WriteParams", instruction: str) 
     return await ctx.step("plan", call)
 
 
+def answer_tokens(step: str, previous: list[dict[str, Any]], wanted: int) -> int:
+    """Tokens a section's answer needs on this server: its plan line's word count at the
+    server's own tokens per word, measured on the sections written so far (`wanted`, the
+    call's max_tokens, when the line states no count or nothing is written yet)."""
+    from agents.agentwrite import server_tokens_per_word
+
+    words, per_word = describe_step(step)["words"], server_tokens_per_word(previous)
+    if not words or per_word is None:
+        return wanted
+    return min(wanted, math.ceil(words * per_word * lc.MAX_TOKENS_HEADROOM))
+
+
 async def write_step(
     ctx: "JobContext", params: "WriteParams", instruction: str, plan_text: str, step: str, index: int,
-    previous: list[str],
+    previous: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """One section: one call, kept as it comes (labels removed)."""
-    from agents.agentwrite import EmptyModelOutput, strip_labels
+    """One section: one call, kept as it comes (labels removed). The prompt holds all text so
+    far, as published, while that leaves the server room for the answer; beyond that only the
+    most recent sections that do (`compacted`, recorded as a difference from the paper)."""
+    from agents.agentwrite import PRIOR_FRAME_TOKENS, EmptyModelOutput, fit_prior, strip_labels
 
-    prompt = ctx.render_text(
-        WRITE_TEMPLATE,
-        lambda t: fill(t, INST=instruction, PLAN=plan_text, TEXT="\n\n".join(previous).strip(), STEP=step),
-    )
-    messages = [{"role": "user", "content": prompt}]
-    max_tokens = await _room(
-        ctx, messages, params.max_tokens_per_call or MAX_TOKENS,
-        f"section {index} (the paper's prompt holds all text so far)",
-    )
+    def messages_with(text_so_far: str) -> list[dict[str, str]]:
+        prompt = ctx.render_text(
+            WRITE_TEMPLATE, lambda t: fill(t, INST=instruction, PLAN=plan_text, TEXT=text_so_far.strip(), STEP=step)
+        )
+        return [{"role": "user", "content": prompt}]
+
+    window = ctx.llm.context_window
+    wanted = params.max_tokens_per_call or MAX_TOKENS
+    previous = [p if "tokens" in p else {**p, "tokens": await ctx.llm.count_tokens(p["text"])} for p in previous]
+    messages = messages_with("\n\n".join(p["text"] for p in previous))
+    needed = answer_tokens(step, previous, wanted)
+    compacted = False
+    if previous and output_room(window, await count_message_tokens(ctx.llm, messages)) < needed:
+        room_for_prior = output_room(window, await count_message_tokens(ctx.llm, messages_with(""))) - needed
+        prior = await fit_prior(ctx, previous, max(0, room_for_prior - PRIOR_FRAME_TOKENS))
+        messages, compacted = messages_with(prior.text), True
+    max_tokens = await _room(ctx, messages, wanted, f"section {index}")
     result = await ctx.llm.chat(messages, _options(params, params.write_model, max_tokens, TEMPERATURE))
     text = strip_labels(result.text.strip())
     if not text:
@@ -140,11 +167,12 @@ async def write_step(
         "target_words": planned["words"],
         "text": text,
         "words": count_words(text),
+        "tokens": await ctx.llm.count_tokens(text),  # the server's count, for fitting later prompts
         "calls": 1,
         "finish_reason": result.finish_reason,
         "truncated": result.truncated,
         "trimmed": False,
-        "compacted": False,
+        "compacted": compacted,
     }
 
 
@@ -155,7 +183,7 @@ async def write(ctx: "JobContext", params: "WriteParams", instruction: str) -> t
     written = 0
     steps = planned["steps"]
     for i, step in enumerate(steps, 1):
-        previous = [o["text"] for o in outputs]
+        previous = list(outputs)
         output = await ctx.step(
             f"section/{i}",
             lambda i=i, step=step, previous=previous: write_step(
@@ -187,10 +215,15 @@ async def write_single(ctx: "JobContext", params: "WriteParams", instruction: st
     return await ctx.step("single", call)
 
 
-def differences(params: "WriteParams", target_stated: bool) -> list[str]:
-    """The knobs of a paper run that differ from the published method."""
+def differences(params: "WriteParams", target_stated: bool, outputs: list[dict[str, Any]]) -> list[str]:
+    """The knobs of a paper run that differ from the published method, and the sections
+    whose prompt could not hold all text so far on this server."""
     single = params.method == "single"
     out = []
+    compacted = [i for i, o in enumerate(outputs, 1) if o.get("compacted")]
+    if compacted:
+        out.append(f"text so far: sections {_ranges(compacted)} were shown only the most recent sections that "
+                   f"left the model's context room for the answer (paper: all of it)")
     temperature = SINGLE_TEMPERATURE if single else TEMPERATURE
     if params.temperature is not None and params.temperature != temperature:
         out.append(f"temperature: {params.temperature} (paper: {temperature})")
@@ -202,3 +235,14 @@ def differences(params: "WriteParams", target_stated: bool) -> list[str]:
     if target_stated:
         out.append("target_words: added to the instruction as a sentence (paper: only the instruction states a length)")
     return out
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)

@@ -103,23 +103,10 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def trim_to_budget(text: str, budget: int) -> str:
-    """Cut at the paragraph boundary whose running word count is closest to `budget` (at
-    least one paragraph); when that is still more than 25% off, at the closest sentence end."""
-    paragraphs = split_paragraphs(text)
-    best, best_gap, running = 1, None, 0
-    for k, p in enumerate(paragraphs, 1):
-        running += count_words(p)
-        gap = abs(running - budget)
-        if best_gap is None or gap < best_gap:
-            best, best_gap = k, gap
-    cut = "\n\n".join(paragraphs[:best])
-    if best_gap is None or best_gap <= 0.25 * budget:
-        return cut or text
-    ends = [m.end() for m in SENTENCE_END.finditer(cut)]
-    if not ends:
-        return cut
-    end = min(ends, key=lambda e: abs(count_words(cut[:e]) - budget))
-    return cut[:end].rstrip() if abs(count_words(cut[:end]) - budget) < best_gap else cut
+    """Cut at the paragraph end nearest `budget` when one lies within 25% of it, else at the
+    sentence end nearest it anywhere in the text: a looped paragraph that runs past the budget
+    is cut inside, not before it. (Called once the piece is known to be over budget.)"""
+    return nearest_cut(text, budget, 0.25) or text
 
 
 def trim_to_target(text: str, target: int, tolerance: float = 0.1,
@@ -130,9 +117,16 @@ def trim_to_target(text: str, target: int, tolerance: float = 0.1,
     sentence or paragraph)."""
     if count(text) <= (1 + tolerance) * target:
         return text
+    return nearest_cut(text, target, tolerance, count) or text
+
+
+def nearest_cut(text: str, target: int, tolerance: float,
+                count: Callable[[str], int] = count_words) -> str | None:
+    """`text` up to the paragraph end nearest `target` when one lies within `tolerance` of it,
+    else up to the paragraph or sentence end nearest it; None when it has no cut point."""
     counted, paragraph_ends = cut_points(text, count)
     if not counted:
-        return text
+        return None
     paragraph_cuts = [(abs(w - target), e) for e, w in counted if e in paragraph_ends and within(w, target, tolerance)]
     if paragraph_cuts:
         return text[:min(paragraph_cuts)[1]].rstrip()
@@ -467,9 +461,11 @@ def should_trim(words: int, budget: int, truncated: bool = False) -> bool:
     return words > TRIM_ABOVE * budget or (truncated and words > TRIM_CUT_ABOVE * budget)
 
 
-def tokens_for_words(words: float, language: str, cap: int | None = None) -> int:
-    """max_tokens for about `words` words (字) of output, with headroom."""
-    wanted = math.ceil(max(0.0, words) * TOKENS_PER_UNIT.get(language, 1.5) * MAX_TOKENS_HEADROOM) + 32
+def tokens_for_words(words: float, language: str, cap: int | None = None, per_word: float | None = None) -> int:
+    """max_tokens for about `words` words (字) of output, with headroom; `per_word`: the
+    server's tokens per word where measured, used when its tokenizer needs more than usual."""
+    rate = max(TOKENS_PER_UNIT.get(language, 1.5), per_word or 0.0)
+    wanted = math.ceil(max(0.0, words) * rate * MAX_TOKENS_HEADROOM) + 32
     return min(cap, wanted) if cap else wanted
 
 

@@ -193,9 +193,18 @@ def test_label_stripping_and_trimming():
     assert strip_labels("Part 1 of the story begins.") == "Part 1 of the story begins."
     text = "\n\n".join(" ".join(["w"] * 99 + ["end."]) for _ in range(10))  # 10 x 100 words
     assert count_words(trim_to_budget(text, 420)) == 400
-    assert count_words(trim_to_budget(text, 20)) == 100  # never below one paragraph
+    assert count_words(trim_to_budget(text, 20)) == 100  # the nearest cut: the first paragraph end
     long_paragraph = " ".join(["Word word word word word word word word word end."] * 40) + "\n\nMore text here."
     assert count_words(trim_to_budget(long_paragraph, 150)) == 150  # falls back to a sentence end
+
+
+def test_a_looped_last_paragraph_is_cut_inside_it_near_the_budget():
+    # A model that loops writes one endless paragraph after a short opening one: the cut lands
+    # near the budget inside the loop, not at the opening's end far below it.
+    opening = " ".join(["Rome began as a small town."] * 40)  # 240 words
+    loop = " ".join(["The legions marched on and on."] * 170)  # 1,020 words
+    trimmed = trim_to_budget(f"{opening}\n\n{loop}", 600)
+    assert abs(count_words(trimmed) - 600) <= 6 and trimmed.endswith(".")
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -360,6 +369,26 @@ async def test_end_to_end_through_the_fake_server(fake_llm):
                 assert sum(1 for ch in result["text"] if "\u4e00" <= ch <= "\u9fff") > 0.9 * result["word_count"]
             # The shared prompt prefix (instruction, plan, text so far) is served from the prefix cache.
             assert store.usage["section/3"].cached_tokens > 0.5 * store.usage["section/3"].prompt_tokens
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("protocol", ["controlled", "paper"])
+async def test_a_long_piece_and_its_judge_fit_a_server_that_counts_more_tokens(fake_llm, protocol):
+    # An unseen server: 8,192-token context, about 1.9 tokens per word of its own output. The
+    # text so far outgrows the context; every request still fits (none refused), and the judge,
+    # counting the 10,000-word piece with the server's tokenizer, reports why it gave no verdict.
+    fake_llm.update(max_model_len=8192, token_scale=1.65)
+    pool = _pool(fake_llm)
+    try:
+        ctx = JobContext(pool, store=MemoryStepStore(), judge=pool, settings=Settings(max_target_words=50_000))
+        params = WriteParams(instruction="Write a 10000-word history of the Silk Road.", protocol=protocol, judge=True)
+        result = await agentwrite.run(ctx, params)
+        assert not [r for r in fake_llm.requests() if r.get("status") != 200]
+        assert any(s["compacted"] for s in result["sections"])
+        assert result["word_count"] > 8192 / 1.9
+        assert result["scores"]["quality_status"] == "missing"
+        assert "does not fit the judge's context" in result["scores"]["quality_error"]
     finally:
         await pool.aclose()
 

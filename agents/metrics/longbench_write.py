@@ -17,6 +17,7 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any, Callable, Iterable
 
+from agents.llm.tokens import SAFETY_MARGIN_TOKENS, count_message_tokens
 from agents.llm.types import GenOptions, LLMClient, StructuredOutputError
 
 QUALITY_DIMENSIONS = (
@@ -151,8 +152,9 @@ async def judge_quality(
     messages = [{"role": "user", "content": prompt}] if prompt is not None else judge_messages(instruction, response, render)
     options = options or GenOptions(**JUDGE_OPTIONS)
     options.json_schema = JUDGE_SCHEMA
-    prompt_tokens = await client.count_tokens(messages[0]["content"])  # also learns the judge's window
-    needed, window = prompt_tokens + options.max_tokens, client.context_window
+    # Counted as the judge's server counts the request (its tokenizer, the chat template's overhead).
+    prompt_tokens = await count_message_tokens(client, messages)  # also learns the judge's window
+    needed, window = prompt_tokens + SAFETY_MARGIN_TOKENS + options.max_tokens, client.context_window
     if needed > window:
         return {
             "status": "missing",
