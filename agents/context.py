@@ -248,6 +248,11 @@ class ListEventSink:
 _current_usage: contextvars.ContextVar[StepUsage | None] = contextvars.ContextVar("step_usage", default=None)
 
 
+def current_step_usage() -> StepUsage | None:
+    """The usage of the step running in this task so far (None outside a step)."""
+    return _current_usage.get()
+
+
 def request_priority(job_priority: int | None, urgency: int = 0) -> int | None:
     """The server-side priority of one request (vLLM: lower is served first).
 
@@ -450,7 +455,9 @@ class JobContext:
             raise
         finally:
             _current_usage.reset(token)
-        await self._after(started, self.store.finished(key, output, usage))
+        # Shielded: a cancellation arriving now must not lose a finished step's output (a resumed
+        # job would call the model for it again).
+        await asyncio.shield(self._after(started, self.store.finished(key, output, usage)))
         done[key] = output
         self.steps_run += 1
         return output

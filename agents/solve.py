@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import sandbox
 from agents.codesteer.answers import AnswerFormat, extract_answer, extract_code, format_hint, without_code
 from agents.codesteer.symbolic import analyze
-from agents.context import JobContext, _current_usage
+from agents.context import JobContext, current_step_usage
 from agents.kinds import AbsentStaysAbsent, JobKind, ModelName, ResultView, Score
 from agents.llm.structured import chat_json
 from agents.llm.types import GenOptions
@@ -285,7 +285,7 @@ class SolveResult(BaseModel):
 
 def _usage_now() -> dict[str, Any]:
     """The running step's usage so far (every call of a structured reply's retries)."""
-    u = _current_usage.get()
+    u = current_step_usage()
     return {"calls": u.calls if u else 0, "prompt_tokens": u.prompt_tokens if u else 0,
             "completion_tokens": u.completion_tokens if u else 0, "latency_s": round(u.latency_s, 3) if u else 0.0}
 

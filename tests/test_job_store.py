@@ -213,3 +213,31 @@ async def test_concurrent_checkpoints_are_committed_together_and_a_bad_one_fails
     assert isinstance(outcomes[20], Exception)
     assert [o for k, o in enumerate(outcomes) if k != 20] == [None] * 40
     assert await store.succeeded() == {f"s{i}": {"i": i} for i in range(40)}
+
+
+async def test_a_cancellation_while_a_finished_step_is_being_saved_keeps_its_output():
+    from agents.context import JobContext, MemoryStepStore
+
+    class SlowSave(MemoryStepStore):
+        def __init__(self):
+            super().__init__()
+            self.saving = asyncio.Event()
+
+        async def finished(self, key, output, usage):
+            self.saving.set()
+            await asyncio.sleep(0.05)  # a database write in flight
+            await super().finished(key, output, usage)
+
+    store = SlowSave()
+    ctx = JobContext(CountingLLM(), store=store)
+
+    async def work():
+        return "the step's output"
+
+    task = asyncio.create_task(ctx.step("only", work))
+    await store.saving.wait()
+    task.cancel()  # e.g. the worker shutting down, or the job's time slice ending
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    assert store.outputs == {"only": "the step's output"}  # a resumed job will not run it again
