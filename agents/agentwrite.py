@@ -33,11 +33,13 @@ from agents.kinds import Instruction, JobKind, ResultView, Score
 from agents import length_control as lc
 from agents.length_target import (
     LengthDemand,
+    check_target,
     LengthDemandRecord,
     given_demand,
     parse_target_words,
     read_demand,
     read_length_demand,
+    validate_target_words,
     with_stated_length,
 )
 # The cutting tools live in the length controller (the one copy); AgentWrite uses them from there.
@@ -55,7 +57,6 @@ from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord
 from agents.text import count_words, detect_language
 
 DEFAULT_TARGET_WORDS = 1000  # when neither the params nor the instruction give a length
-DEFAULT_MAX_TARGET_WORDS = 100_000  # Settings.max_target_words, when no settings are at hand
 SHORT_TARGET_WORDS = 600  # at or below: one section, no plan call
 MAX_SECTIONS = 50  # the reference implementation skips plans longer than this
 SECTION_MIN_WORDS, SECTION_MAX_WORDS = 200, 1000  # the paper's range for long pieces
@@ -121,7 +122,7 @@ class WriteParams(BaseModel):
     When absent it is read from the instruction ("about 3000 words", "三千字"); when the
     instruction states none either, DEFAULT_TARGET_WORDS is used and the result says so
     (`target_source: "default"`). Validation context `{"max_target_words": N}` sets the
-    upper bound (default DEFAULT_MAX_TARGET_WORDS; `run` re-checks against the settings).
+    upper bound (default length_target.DEFAULT_MAX_TARGET_WORDS; `run` re-checks against the settings).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -143,14 +144,7 @@ class WriteParams(BaseModel):
     @field_validator("target_words")
     @classmethod
     def _target_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None:
-            check_target(value, (info.context or {}).get("max_target_words", DEFAULT_MAX_TARGET_WORDS))
-        return value
-
-
-def check_target(target: int, max_target: int) -> None:
-    if not 1 <= target <= max_target:
-        raise ValueError(f"target_words must be between 1 and {max_target}, got {target}")
+        return validate_target_words(value, info.context)
 
 
 def resolve_target(params: WriteParams, max_target: int) -> tuple[int, str]:

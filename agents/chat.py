@@ -33,13 +33,13 @@ from agents.length_target import (
     make_demand,
     read_demand,
     read_length_demand,
+    validate_target_words,
 )
 from agents.llm.structured import chat_json
 from agents.llm.types import GenOptions
 from agents.metrics.ruler import tlg_target
 from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol
 
-DEFAULT_MAX_TARGET_WORDS = 100_000  # Settings.max_target_words, when no settings are at hand
 
 
 class ChatMessage(BaseModel):
@@ -93,10 +93,7 @@ class ChatParams(BaseModel):
     @field_validator("target_words")
     @classmethod
     def _target_in_range(cls, value: int | str | None, info: ValidationInfo) -> int | str | None:
-        limit = (info.context or {}).get("max_target_words", DEFAULT_MAX_TARGET_WORDS)
-        if isinstance(value, int) and not 1 <= value <= limit:
-            raise ValueError(f"target_words must be between 1 and {limit}, got {value}")
-        return value
+        return validate_target_words(value, info.context)
 
     @model_validator(mode="after")
     def _length_request(self) -> "ChatParams":

@@ -31,6 +31,7 @@ from agents.text import detect_language
 if TYPE_CHECKING:
     from agents.context import JobContext
 
+DEFAULT_MAX_TARGET_WORDS = 100_000  # Settings.max_target_words, when no settings are at hand
 WORDS_PER_PAGE = 200  # LongBench-Write annotates "a 50-page novel" as 10,000 words
 MIN_SPELLED_OUT = 50  # spelled-out numbers below this next to 字/word are idioms ("十字", "a word")
 
@@ -587,3 +588,16 @@ def without_stated_length(instruction: str, words: int | None) -> str:
             if instruction.endswith(sentence) and instruction[:-len(sentence)].strip():
                 return instruction[:-len(sentence)].rstrip()
     return instruction
+
+
+def check_target(target: int, max_target: int) -> None:
+    if not 1 <= target <= max_target:
+        raise ValueError(f"target_words must be between 1 and {max_target}, got {target}")
+
+
+def validate_target_words(value: Any, context: dict[str, Any] | None) -> Any:
+    """A params model's `target_words` validator: a given number must lie in 1..max_target_words
+    (from the validation context, as the API passes the settings' value; else the default)."""
+    if isinstance(value, int):
+        check_target(value, (context or {}).get("max_target_words", DEFAULT_MAX_TARGET_WORDS))
+    return value

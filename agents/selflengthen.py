@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from agents import length_control as lc
 from agents.context import JobContext
 from agents.kinds import AbsentStaysAbsent, Instruction, JobKind, ModelName, ResultView, Score
-from agents.length_target import LengthDemandRecord, given_demand, read_length_demand
+from agents.length_target import LengthDemandRecord, given_demand, read_length_demand, validate_target_words
 from agents.llm.types import GenOptions, LLMBadRequest
 from agents.protocol import PROTOCOL_FIELD_DESCRIPTION, Protocol, ProtocolRecord, protocol_record
 from agents.settings import Settings
@@ -61,7 +61,6 @@ DEFAULT_EXTENSION_ATTEMPTS = 20  # the reference retries a job whose gate fails 
 DEFAULT_INITIAL_ATTEMPTS = 20  # the reference regenerates an initial answer up to 20 times
 # The reference's sampling (llm_client.py), for both roles and both protocols.
 TEMPERATURE, TOP_P, TOP_K, REPETITION_PENALTY = 0.7, 0.8, 20, 1.1
-DEFAULT_MAX_TARGET_WORDS = 100_000  # Settings.max_target_words, when no settings are at hand
 
 # paper: the reference's own count (agents.text.count_words_selflengthen); controlled: the default.
 COUNTERS = {"words": count_words, "selflengthen": count_words_selflengthen}
@@ -120,10 +119,7 @@ class LengthenParams(BaseModel):
     @field_validator("target_words")
     @classmethod
     def _target_in_range(cls, value: int | None, info: ValidationInfo) -> int | None:
-        limit = (info.context or {}).get("max_target_words", DEFAULT_MAX_TARGET_WORDS)
-        if value is not None and not 1 <= value <= limit:
-            raise ValueError(f"target_words must be between 1 and {limit}, got {value}")
-        return value
+        return validate_target_words(value, info.context)
 
 
 # -- the run -----------------------------------------------------------------------------------------
