@@ -103,20 +103,35 @@ def loop_thread() -> _LoopThread:
         return _loop_thread
 
 
+# Set when a job may be queued in the database without a message in the broker: a task could
+# not be sent (broker down), or a task ended in an error before or after running its job
+# (database down: its message is acked all the same). The sweeper then sends every queued job
+# again once the broker answers.
+_resend_queued = threading.Event()
+
+
 def enqueue(job_id: str, priority: int = 5) -> None:
-    send_job(app, job_id, priority)
+    try:
+        send_job(app, job_id, priority)
+    except Exception:
+        _resend_queued.set()
+        raise
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: str) -> str:
     runner = loop_thread()
-    future = runner.run(runner.runtime.run_job(job_id, time_slice_s=settings.job_slice_seconds))
-    outcome = future.result()
-    if outcome == RELEASED:
-        with runner.runtime.db.session() as session:
-            job = repo.get_job(session, job_id)
-            priority = job.priority if job else 5
-        enqueue(job_id, priority)
+    try:
+        future = runner.run(runner.runtime.run_job(job_id, time_slice_s=settings.job_slice_seconds))
+        outcome = future.result()
+        if outcome == RELEASED:
+            with runner.runtime.db.session() as session:
+                job = repo.get_job(session, job_id)
+                priority = job.priority if job else 5
+            enqueue(job_id, priority)
+    except Exception:
+        _resend_queued.set()  # the job may be left queued with its message gone
+        raise
     return outcome
 
 
@@ -135,16 +150,50 @@ def requeue_unfinished(include_queued: bool) -> int:
     return count
 
 
+def broker_run_id() -> str | None:
+    """The Redis broker's run_id, which changes when Redis restarts (and a Redis without
+    persistence has then lost every queued message); None for other brokers."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
+
+
 def _sweeper() -> None:
     """Re-queue jobs of workers that died, and purge old finished jobs (RETENTION_DAYS, at most
-    every 10 minutes), for as long as this worker lives."""
+    every 10 minutes), for as long as this worker lives. Queued jobs are sent again when their
+    messages may be gone: the broker restarted or could not be reached, a send failed, or a
+    task failed (see _resend_queued)."""
     retention = RetentionTimer()
+    known_run_id, unreachable = None, False
+    try:
+        known_run_id = broker_run_id()
+    except Exception:
+        unreachable = True
     while True:
         time.sleep(max(1.0, settings.job_lease_seconds))
         try:
-            requeue_unfinished(include_queued=False)
+            run_id = broker_run_id()
+        except Exception:
+            log.warning("the broker cannot be reached; queued jobs are sent again once it answers")
+            unreachable = True
+            continue
+        messages_lost = unreachable or run_id != known_run_id or _resend_queued.is_set()
+        known_run_id, unreachable = run_id, False
+        _resend_queued.clear()
+        try:
+            count = requeue_unfinished(include_queued=messages_lost)
+            if messages_lost and count:
+                log.info("the broker restarted or was unreachable: sent %d unfinished jobs again", count)
         except Exception:
             log.exception("sweep for unfinished jobs failed")
+            if messages_lost:
+                _resend_queued.set()  # try again at the next sweep
         retention.maybe_purge(loop_thread().runtime.db, settings)
 
 

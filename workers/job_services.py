@@ -6,6 +6,7 @@ database). The API's dataset export reads children the same way (`read_children`
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Callable, Iterable
 
 from agents.context import ChildJob
@@ -14,6 +15,8 @@ from agents.settings import Settings
 from db import repo
 from db.models import Document, Job
 from db.session import Database
+
+log = logging.getLogger("longform.worker")
 
 
 def child_job(job: Job) -> ChildJob:
@@ -85,7 +88,11 @@ class DbJobServices:
 
         ids = await asyncio.to_thread(create)
         for job_id in ids:
-            self.enqueue(job_id, priority)
+            try:
+                self.enqueue(job_id, priority)
+            except Exception as exc:  # the broker is down: the child is stored as queued, and the
+                # workers send queued jobs again once it answers; the parent need not fail
+                log.warning("child job %s stays queued until the broker answers: %s", job_id, exc)
         return ids
 
     async def children_status(self, parent_id: str) -> dict[str, int]:
