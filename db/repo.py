@@ -327,6 +327,14 @@ def finished_children(session: Session, parent_id: str, exclude: Iterable[str] =
     return list(session.scalars(query))
 
 
+def queued_child_ids(session: Session, parent_id: str, limit: int = 1) -> list[str]:
+    """Queued children of a job that may be claimed (not cancelled), oldest first."""
+    return list(session.scalars(
+        select(Job.id).where(Job.parent_id == parent_id, Job.status == "queued", Job.cancel_requested.is_(False))
+        .order_by(Job.created_at, Job.id).limit(limit)
+    ))
+
+
 def children_status(session: Session, parent_id: str) -> dict[str, int]:
     rows = session.execute(
         select(Job.status, func.count()).where(Job.parent_id == parent_id).group_by(Job.status)
@@ -490,11 +498,24 @@ def create_api_key(session: Session, name: str, is_admin: bool = False) -> tuple
 
 
 def verify_api_key(session: Session, plain: str) -> ApiKey | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
-    now = utcnow()
-    if row is not None and (row.last_used_at is None or _aware(row.last_used_at) < now - timedelta(minutes=1)):
-        row.last_used_at = now  # at most one write a minute per key
+    row = find_api_key(session, plain)
+    if row is not None and key_use_is_stale(row):
+        row.last_used_at = utcnow()  # at most one write a minute per key
     return row
+
+
+def find_api_key(session: Session, plain: str) -> ApiKey | None:
+    """The active key with this plain text; only reads (verify_api_key also records the use)."""
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None)))
+
+
+def key_use_is_stale(row: ApiKey) -> bool:
+    """Whether the key's last_used_at is due for an update (kept to the minute, not per request)."""
+    return row.last_used_at is None or _aware(row.last_used_at) < utcnow() - timedelta(minutes=1)
+
+
+def record_key_use(session: Session, key_id: str) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 def _aware(value):

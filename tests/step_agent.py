@@ -36,3 +36,18 @@ async def run(ctx: JobContext, params: StepsParams) -> dict:
 
 
 KIND = JobKind("steps", "test: N sequential model calls", StepsParams, StepsResult, run, view=ResultView(text="text"))
+
+
+class FanoutParams(BaseModel):
+    children: int = Field(default=2, ge=1, le=50)
+
+
+async def run_fanout(ctx: JobContext, params: FanoutParams) -> dict:
+    """A parent job: `children` one-step `steps` jobs, then waits for them (as dataset builds do)."""
+    await ctx.step("spawn", lambda: ctx.spawn_children("steps", [{"steps": 1}] * params.children, priority=7))
+    counts = await ctx.wait_children()
+    return {"text": f"{counts.get('succeeded', 0)} of {params.children} children succeeded", "parts": params.children}
+
+
+FANOUT = JobKind("fanout", "test: a parent of N child jobs", FanoutParams, StepsResult, run_fanout,
+                 view=ResultView(text="text"))

@@ -241,3 +241,24 @@ async def test_a_cancellation_while_a_finished_step_is_being_saved_keeps_its_out
         await task
     await asyncio.sleep(0.1)
     assert store.outputs == {"only": "the step's output"}  # a resumed job will not run it again
+
+
+async def test_a_waiting_parent_runs_its_queued_children_in_its_own_slot(database_url, monkeypatch):
+    # Every worker slot held by a waiting parent used to mean children that never ran: here the
+    # parent's is the only run, so it must run its children itself (each claimed like any job).
+    register_kind(monkeypatch, "fanout", "tests.step_agent:FANOUT")
+    db = Database(database_url)
+    with db.session() as s:
+        parent_id = repo.create_job(s, "fanout", {"children": 3})[0].id
+    runtime = runtime_for(database_url)
+    try:
+        assert await asyncio.wait_for(runtime.run_job(parent_id), 60) == "succeeded"
+    finally:
+        await runtime.aclose()
+    with db.reading() as s:
+        parent = repo.get_job(s, parent_id)
+        children = repo.list_jobs(s, parent_id=parent_id)[0]
+        assert parent.result["text"] == "3 of 3 children succeeded"
+        assert [c.status for c in children] == ["succeeded"] * 3 and all(c.runs == 1 for c in children)
+        # A worker that gets a child's task later skips it: claimed once, run once.
+        assert await runtime_for(database_url).run_job(children[0].id) == SKIPPED

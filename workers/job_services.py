@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from agents.context import ChildJob
 from agents.kinds import validate_params
@@ -36,10 +36,12 @@ def read_children(session, parent_id: str, *, finished_only: bool = False, exclu
 
 
 class DbJobServices:
-    def __init__(self, db: Database, settings: Settings, enqueue: Callable[[str, int], None]):
+    def __init__(self, db: Database, settings: Settings, enqueue: Callable[[str, int], None],
+                 run_queued_child: Callable[[str], Awaitable[bool]] | None = None):
         self.db = db
         self.settings = settings
         self.enqueue = enqueue  # how a new job becomes runnable (a Celery task, or a wake-up)
+        self._run_queued_child = run_queued_child  # the worker's: claim a child and run it here
 
     async def _read(self, fn, *args, **kwargs):
         def call():
@@ -97,6 +99,9 @@ class DbJobServices:
 
     async def children_status(self, parent_id: str) -> dict[str, int]:
         return await self._read(repo.children_status, parent_id)
+
+    async def run_queued_child(self, parent_id: str) -> bool:
+        return await self._run_queued_child(parent_id) if self._run_queued_child else False
 
     async def children(self, parent_id: str, *, finished_only: bool = False, exclude: Iterable[str] = ()) -> list[ChildJob]:
         return await self._read(read_children, parent_id, finished_only=finished_only, exclude=set(exclude))

@@ -7,6 +7,7 @@ pool's limits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from agents import fingerprints
 from agents.context import Budget, JobCancelled, JobContext
 from agents.kinds import JobKind, get_kind, validate_params
 from agents.llm.types import LLMClient
+from agents.redact import protect, redact
 from agents.settings import Settings
 from db import repo
 from db.session import Database
@@ -73,6 +75,7 @@ class WorkerRuntime:
         db: Database | None = None,
     ):
         self.settings = settings
+        protect(settings)  # the model servers' keys and the database password stay out of logs and errors
         self.db = db or Database(settings.database_url)
         self._llm = llm
         self._judge = judge
@@ -80,7 +83,8 @@ class WorkerRuntime:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # How a job created here becomes runnable: a Celery task, or a wake-up of the embedded worker.
         self.enqueue: Callable[[str, int], None] = lambda job_id, priority: None
-        self.services = DbJobServices(self.db, settings, lambda job_id, priority: self.enqueue(job_id, priority))
+        self.services = DbJobServices(self.db, settings, lambda job_id, priority: self.enqueue(job_id, priority),
+                                      run_queued_child=self.run_queued_child)
         # Jobs running here, each with its agent task and cancel flag; one lease keeper renews them all.
         self._active: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}
         self._keeper: asyncio.Task | None = None
@@ -153,6 +157,20 @@ class WorkerRuntime:
             return SKIPPED
         return await self.run_claimed(claimed, time_slice_s=time_slice_s)
 
+    async def run_queued_child(self, parent_id: str) -> bool:
+        """Claim one queued child of a waiting parent and run it in the parent's slot (claimed
+        atomically like any job, so a worker that gets its task later skips it). False: none."""
+        lease = self.settings.job_lease_seconds
+
+        def claim(session) -> list[repo.ClaimedJob]:
+            return repo.claim_jobs(session, repo.queued_child_ids(session, parent_id), self.worker_id, lease)
+
+        claimed = await self._db(claim)
+        if not claimed:
+            return False
+        await self.run_claimed(claimed[0])
+        return True
+
     async def claim_runnable(self, limit: int, exclude: set[str]) -> list[repo.ClaimedJob]:
         """Claim up to `limit` runnable jobs (by priority, then age) in one transaction."""
         lease = self.settings.job_lease_seconds
@@ -204,7 +222,9 @@ class WorkerRuntime:
             prompt_set=claimed.prompt_set,
             budget=budget,
         )
-        agent = asyncio.create_task(kind.run(ctx, params), name=f"job-{job_id}")
+        # A context of its own: a child run inside its waiting parent's task must not see the
+        # parent's running step (agents.context's usage variable).
+        agent = asyncio.create_task(kind.run(ctx, params), name=f"job-{job_id}", context=contextvars.Context())
         self._active[job_id] = (agent, cancel_flag)
         self._ensure_keeper()
         deadline = time.monotonic() + time_slice_s if time_slice_s else None
@@ -292,7 +312,7 @@ class WorkerRuntime:
         elif agent.exception() is not None:
             exc = agent.exception()
             log.warning("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")  # stored, and sent as an event
         else:
             try:
                 result = kind.validate_result(agent.result())
