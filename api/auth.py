@@ -55,8 +55,13 @@ def principal(request: Request, state: AppState = Depends(get_state)) -> Princip
         if state.auth_required:
             raise HTTPException(401, "an API key is required: send `Authorization: Bearer <key>` (create one with `longform keys create NAME`)")
         return LOCAL_ADMIN
-    with state.db.session() as session:
-        row = repo.verify_api_key(session, key)
-        if row is None:
-            raise HTTPException(401, "invalid or revoked API key")
-        return Principal(owner=row.id, is_admin=row.is_admin)
+    # A read-only lookup (no transaction round trips on PostgreSQL); the write of last_used_at,
+    # at most once a minute per key, gets its own short transaction.
+    with state.db.reading() as session:
+        row = repo.find_api_key(session, key)
+    if row is None:
+        raise HTTPException(401, "invalid or revoked API key")
+    if repo.key_use_is_stale(row):
+        with state.db.session() as session:
+            repo.record_key_use(session, row.id)
+    return Principal(owner=row.id, is_admin=row.is_admin)

@@ -36,14 +36,15 @@ def job_json(
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
-    if new:
+    if new or job.runs == 0:  # no worker has taken it up yet, so it has no steps to count
         usage = dict(repo.NO_USAGE)
     data["usage"] = usage if usage is not None else repo.job_usage(session, job.id)
     data["budget"] = budget_json(job, data["usage"])
     if full:
         data["params"] = job.params
         data["result"] = job.result if job.status == "succeeded" else None
-        data["scores"] = {} if new else {s.metric: s.value for s in repo.job_scores(session, job.id)}
+        # Scores are stored with a success (workers/runtime.py), so only a succeeded job has any.
+        data["scores"] = {s.metric: s.value for s in repo.job_scores(session, job.id)} if job.status == "succeeded" else {}
     return data
 
 

@@ -44,5 +44,7 @@ class AppState:
         self._send_task(job_id, priority)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async, although it awaits nothing: FastAPI runs a sync dependency in the thread pool,
+    # and that hop (a thread wake-up, slow on busy cores) cost more than the lookup itself.
     return request.app.state.longform

@@ -87,6 +87,11 @@ class Database:
         self.engine = engine_for(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Reads on PostgreSQL run without a transaction: under READ COMMITTED each statement
+        # takes its own snapshot anyway, and autocommit saves the BEGIN and the ROLLBACK round
+        # trips of every read session (on busy cores each round trip waits for a PostgreSQL
+        # backend to be scheduled: bench/load.py).
+        self._read_sessions = sessionmaker(self.engine if self.is_sqlite else self._autocommit, expire_on_commit=False)
         # SQLite has one writer at a time, and a thread that finds the file locked sleeps in
         # its busy handler (up to 100 ms a try). Within the process, threads take turns here
         # instead; other processes still meet the busy timeout.
@@ -107,8 +112,8 @@ class Database:
     def reading(self) -> Iterator[Session]:
         """A session for reads only: it takes no writer turn (WAL readers never wait for the
         writer) and is never committed. Closing it ends its transaction; loaded objects stay
-        readable (a rollback would expire them)."""
-        with self._sessions() as session:
+        readable (a rollback would expire them). On PostgreSQL it runs in autocommit mode."""
+        with self._read_sessions() as session:
             yield session
 
     @contextmanager
