@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024
     max_document_bytes: int = 20 * 1024 * 1024
     max_target_words: int = 100_000
+    # Per-key rate limit on /v1 (api/rate_limit.py): requests per API key (per client address
+    # without a key) in any 60 s; over it, 429 with Retry-After. 0: off (the default).
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    # Where the counts live: a `limits` storage URI (memory://, redis://HOST:6379/1...). Empty:
+    # the broker's Redis when BROKER_URL is one (all API replicas share a count), else memory.
+    rate_limit_storage: str = ""
     # Admin UI (/admin): the key that signs its session cookies. Empty: a random one made at
     # start-up, so sessions end when the process restarts and each API replica signs its own
     # (set it, the same on every replica, behind a load balancer).
@@ -238,6 +244,10 @@ def _sources_of(cls: type[Settings], overrides: dict[str, Any], path: str, from_
 def _mask_url(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.password:
-        netloc = f"{parts.username}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url.strip()
+        # Keep the netloc as written but for the password (redis://:PW@host has no username).
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        netloc = f"{parts.netloc.rsplit('@', 1)[0].split(':', 1)[0]}:****@{netloc}"
+        url = urlunsplit(parts._replace(netloc=netloc))
+    from agents.redact import redact
+
+    return redact(url.strip())  # also ?password=... in a libpq-style query string

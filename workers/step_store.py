@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 from agents.context import StepUsage
+from agents.redact import redact, redact_any
 from db import repo
 from db.session import Database
 from workers.checkpoint_writer import writer_for
@@ -46,7 +47,7 @@ class DbStepStore:
         await self._writer.write("finish", lambda dialect: repo.step_ended(dialect, self.job_id, key, "succeeded", values))
 
     async def failed(self, key: str, error: str, usage: StepUsage) -> None:
-        values = {"error": error[:4000], **_usage_columns(usage)}
+        values = {"error": redact(error)[:4000], **_usage_columns(usage)}
         await self._writer.write("finish", lambda dialect: repo.step_ended(dialect, self.job_id, key, "failed", values))
 
 
@@ -58,6 +59,8 @@ class DbEventSink:
         self.job_id = job_id
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
+        data = redact_any(data)  # events reach every SSE client of the job; log events may quote errors
+
         def write() -> None:
             with self.db.session() as session:
                 repo.add_event(session, self.job_id, type, data)

@@ -53,7 +53,11 @@ class LLMError(Exception):
     retryable = False
 
     def __init__(self, message: str, *, endpoint: str = "", status: int | None = None):
-        super().__init__(message)
+        from agents.redact import redact
+
+        # A server's error may echo the request's Authorization header or key: the message is
+        # stored as the job's error, sent in events and logged.
+        super().__init__(redact(message))
         self.endpoint = endpoint
         self.status = status
 

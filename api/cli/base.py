@@ -27,7 +27,9 @@ class CliFailure(click.ClickException):
     """An error shown as one message on stderr, with a chosen exit code."""
 
     def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
+        from agents.redact import redact
+
+        super().__init__(redact(message))  # e.g. a database error that quotes its URL
         self.exit_code = exit_code
 
 
@@ -101,6 +103,9 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings.load(config_file, **overrides)
     except (TypeError, ValueError) as exc:
         raise CliFailure(f"invalid setting: {exc}", 2) from None
+    from agents.redact import protect
+
+    protect(settings)
     if obj is not None:
         obj["settings"] = settings
     return settings

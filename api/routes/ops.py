@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import text
 
+from agents.redact import redact, redact_any
 from api.state import AppState, get_state
 from db import repo
 from db.schema import current_revision, head_revision
@@ -97,7 +98,8 @@ async def readyz(state: AppState = Depends(get_state)):
     ready = all(c["ok"] for c in checks.values())
     # Reported, not required: only code runs need it, and they refuse to start without it.
     body = {"ready": ready, "checks": checks, "sandbox": await _check_sandbox(state)}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    # Checks quote exceptions and endpoint URLs, which may hold a password (http://u:PW@gpu1/v1).
+    return JSONResponse(redact_any(body), status_code=200 if ready else 503)
 
 
 class JobStoreCollector:
@@ -127,9 +129,10 @@ class JobStoreCollector:
         yield GaugeMetricFamily("longform_scrape_timestamp_seconds", "Time of this scrape", value=time.time())
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(state: AppState = Depends(get_state)):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobStoreCollector(state))
     body = generate_latest(registry) + generate_latest(REGISTRY)  # REGISTRY: LLM pool latency, errors, in-flight
+    body = redact(body.decode()).encode()  # endpoint labels are URLs, which may hold a password
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
