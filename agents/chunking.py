@@ -21,6 +21,12 @@ from agents.text import count_tokens as cl100k_tokens
 
 PARAGRAPH_SEP = "\n\n"
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+# Past this many characters a paragraph is cut at sentence ends by a plain rule, not by pysbd,
+# whose time grows faster than the text (a 200 KB paragraph took 40 s; a 20 MB upload on one
+# line is one paragraph). No book has such a paragraph; the rule: . ! ? (and 。！？) with their
+# closing quotes or brackets, then a space (none needed after the Chinese ones).
+_PYSBD_MAX_CHARS = 20_000
+_PLAIN_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)|[。！？]+[”’」』）)]*")
 
 
 class Chunk(NamedTuple):
@@ -114,7 +120,10 @@ def _close(units: list[tuple[str, str]], chunk_size: int, count_tokens, tokens: 
 def _split_paragraph(para: str, chunk_size: int, count_tokens) -> list[str]:
     """Consecutive pieces of `para` (concatenating them gives `para` back), each fitting a chunk."""
     # Cut points at sentence ends; the whitespace after a sentence stays with it.
-    ends = [e for _, e in sentence_spans(para)][:-1]
+    if len(para) <= _PYSBD_MAX_CHARS:
+        ends = [e for _, e in sentence_spans(para)][:-1]
+    else:
+        ends = [m.end() for m in _PLAIN_SENTENCE_END.finditer(para) if m.end() < len(para)]
     bounds = [0]
     for e in ends:
         while e < len(para) and para[e].isspace():
@@ -124,34 +133,55 @@ def _split_paragraph(para: str, chunk_size: int, count_tokens) -> list[str]:
     sentences = [para[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
     pieces: list[str] = []
-    current = ""
+    current, estimate = "", 0
+    margin = max(4, chunk_size // 64)
     for sentence in sentences:
-        if count_tokens((current + sentence).strip()) <= chunk_size:
+        # Counting the whole piece again at every sentence is quadratic in a long paragraph: a
+        # running sum of the sentences' counts (trailing spaces included, so it over-counts the
+        # joins) stands in for the exact count until it comes within `margin` of the limit; each
+        # exact count then resets the sum.
+        n = count_tokens(sentence)
+        if estimate + n <= chunk_size - margin:
             current += sentence
+            estimate += n
+            continue
+        exact = count_tokens((current + sentence).strip())
+        if exact <= chunk_size:
+            current += sentence
+            estimate = exact
             continue
         if current:
             pieces.append(current)
-            current = ""
+            current, estimate = "", 0
         if count_tokens(sentence.strip()) <= chunk_size:
-            current = sentence
+            current, estimate = sentence, n
         else:
             hard = _hard_split(sentence, chunk_size, count_tokens)
             pieces.extend(hard[:-1])
-            current = hard[-1]
+            current, estimate = hard[-1], count_tokens(hard[-1])
     if current:
         pieces.append(current)
     return pieces
 
 
 def _hard_split(text: str, chunk_size: int, count_tokens) -> list[str]:
-    """Cut a sentence too big for a chunk at the last whitespace (else character) that fits."""
+    """Cut a sentence too big for a chunk at the last whitespace (else character) that fits.
+    Each cut looks only at a window just longer than a chunk (doubled until it no longer fits):
+    counting, searching or copying all the rest at every cut is quadratic on a 20 MB line."""
     pieces = []
-    while count_tokens(text.strip()) > chunk_size:
-        cut = _longest_fitting_prefix(text, chunk_size, count_tokens)
-        pieces.append(text[:cut])
-        text = text[cut:]
-    if text:
-        pieces.append(text)
+    start = 0
+    while True:
+        size = chunk_size * 8
+        while start + size < len(text) and count_tokens(text[start:start + size].strip()) <= chunk_size:
+            size *= 2
+        if start + size >= len(text) and count_tokens(text[start:].strip()) <= chunk_size:
+            break
+        window = text[start:start + size]  # over a chunk: the longest prefix that fits is inside
+        cut = _longest_fitting_prefix(window, chunk_size, count_tokens)
+        pieces.append(window[:cut])
+        start += cut
+    if start < len(text):
+        pieces.append(text[start:])
     return pieces
 
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.length_target import parse_target_words, with_stated_length, without_stated_length
 from agents.metrics.longbench_write import length_score
-from agents.text import count_words, detect_language
+from agents.text import count_words, detect_language, unstorable_text
 
 GATES = ("failed", "truncated", "refusal", "repetitive", "length", "duplicate", "near_duplicate")
 FORMATS = ("longwriter", "alpaca", "sharegpt")
@@ -83,7 +83,10 @@ def read_jsonl_rows(
         if not line.strip():
             continue
         try:
-            items.append({**row_fn(json.loads(line)), "line": number})
+            row = json.loads(line)
+            if problem := unstorable_text(row, "line"):  # "\ud800" or "\u0000" escapes
+                raise ValueError(problem)
+            items.append({**row_fn(row), "line": number})
         except json.JSONDecodeError as exc:
             rejected.append({"line": number, "error": f"invalid JSON: {exc.msg} (column {exc.colno})"})
         except ValueError as exc:

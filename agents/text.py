@@ -43,6 +43,32 @@ def count_words_selflengthen(text: str) -> int:
     return len(_SELFLENGTHEN_CJK.findall(text)) + len(_SELFLENGTHEN_CJK.sub(" ", text).split())
 
 
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def unstorable_text(value, where: str = "") -> str | None:
+    """Where `value` (a string, or lists and dicts of them, as parsed JSON) holds a character no
+    stored text may: NUL (PostgreSQL text cannot hold it) or a lone surrogate (JSON's "\\ud800"
+    parses to one; it cannot be encoded as UTF-8, so the stored value could never be sent back).
+    Returns "WHERE: what" for the first one found, or None."""
+    if isinstance(value, str):
+        found = _UNSTORABLE.search(value)
+        if found is None:
+            return None
+        what = "a NUL character" if found.group() == "\x00" else f"a lone surrogate (U+{ord(found.group()):04X})"
+        return f"{where or 'text'}: contains {what} at position {found.start()}; send valid UTF-8 text"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        # The message names the key, so it must not carry the bad character itself.
+        name = str(key).encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        path = f"{where}.{name}" if where else name
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            return f"{path}: the key contains a NUL character or a lone surrogate; send valid UTF-8 text"
+        if problem := unstorable_text(item, path):
+            return problem
+    return None
+
+
 def detect_language(text: str) -> str:
     """"zh" when CJK characters outnumber English words, else "en"."""
     cjk = len(_CJK.findall(text))

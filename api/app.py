@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from agents.redact import protect
 from agents.settings import Settings
+from api import rate_limit
 from api.admin import mount as mount_admin
 from api.auth import auth_required
 from api.routes import datasets, documents, jobs, ops
@@ -59,8 +61,33 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class RefuseNulInUrl:
+    """400 for a NUL ("%00") in the path or query: no id, filter or name has one, and PostgreSQL
+    refuses it in any text parameter (an error deep in a query, so a 500, without this)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            response = JSONResponse({"detail": "the URL contains a NUL character (%00)"}, status_code=400)
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+# The body of every 4xx: a message, or (e.g. rejected JSONL lines, stale steps) an object with one.
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["detail"],
+    "properties": {"detail": {"title": "Detail", "anyOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+    ]}},
+}
+
+
 def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
+    protect(settings)  # secrets never reach the logs, stored errors or events
     db = Database(settings.database_url)
     if run_worker is None:
         run_worker = settings.embedded_mode and not settings.longform_no_worker
@@ -102,6 +129,18 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         ]
         return JSONResponse({"detail": "invalid request: " + "; ".join(messages)}, status_code=422)
 
+    def openapi_with_our_errors():
+        # Every error is {"detail": message} (the handler above; HTTPException), not FastAPI's
+        # default list of validation errors: document the body clients really get.
+        if app.openapi_schema is None:
+            FastAPI.openapi(app)
+            app.openapi_schema.get("components", {}).get("schemas", {})["HTTPValidationError"] = ERROR_SCHEMA
+        return app.openapi_schema
+
+    app.openapi = openapi_with_our_errors
+
     # Documents have their own, larger limit, enforced while their body streams in.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, exempt_prefixes=("/v1/documents",))
+    app.add_middleware(RefuseNulInUrl)
+    rate_limit.install(app, settings)  # RATE_LIMIT_PER_MINUTE; added last, so it runs first
     return app

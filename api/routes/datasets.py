@@ -19,6 +19,7 @@ from agents import dataset as ds
 from agents import dataset_kind
 from agents import ruler_mlt
 from agents import selflengthen_build
+from agents.text import unstorable_text
 from db import repo
 from db.models import Document
 from workers.job_services import read_children
@@ -40,6 +41,8 @@ def create_dataset(
     optional budget caps max_calls and max_tokens_total (0: unlimited; default: the settings'): each
     child job inherits the build's caps as its own (per job, not a total over the build).
     A jsonl source (ruler-mlt: or document) with no usable line is refused: 422 with `rejected_lines`."""
+    if problem := unstorable_text(body, "body"):
+        raise HTTPException(422, problem)
     params = dict(body)
     priority = params.pop("priority", 5)
     if not isinstance(priority, int) or not 0 <= priority <= 9:
@@ -99,7 +102,8 @@ def delete_dataset(dataset_id: str, state: AppState = Depends(get_state), who: P
     return Response(status_code=204)
 
 
-@router.get("/datasets/{dataset_id}/export")
+@router.get("/datasets/{dataset_id}/export", response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {}}, "description": "JSONL, one record a line"}})
 def export_dataset(
     dataset_id: str,
     format: str | None = Query(default=None, description="recipe longwriter: longwriter (messages, the default), "
