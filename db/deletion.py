@@ -64,6 +64,20 @@ def _jobs_referencing(session: Session, field: str, ids: list[str]) -> list[str]
     return found
 
 
+def withdraw_unclaimed_job(session: Session, job_id: str) -> bool:
+    """Delete a job no worker has taken up yet (queued, never run) with its events, in the
+    caller's transaction: a submit whose job could not be queued takes it back. False when a
+    worker took it meanwhile (it then runs: nothing to take back)."""
+    unclaimed = session.execute(
+        select(Job.id).where(Job.id == job_id, Job.status == "queued", Job.runs == 0).with_for_update()
+    ).scalar()
+    if unclaimed is None:
+        return False
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    return True
+
+
 def delete_job_tree(session: Session, job_id: str) -> list[str]:
     """Delete the job, every job below it and their steps, events and scores, in the caller's
     transaction. Raises StillActive (nothing deleted) when any of them is queued or running,

@@ -106,6 +106,31 @@ def test_a_key_sees_and_acts_on_its_own_jobs_only_and_an_admin_key_on_all(keyed)
     assert client.get(f"/admin/jobs/{keyed['bob_job']}").status_code == 200
 
 
+def test_delete_buttons_remove_finished_jobs_and_documents_of_the_key_only(keyed):
+    client, url = keyed["client"], keyed["settings"].database_url
+    log_in(client, keyed["alice"])
+    token = csrf_of(client.get("/admin/").text)
+    job = keyed["alice_job"]
+    assert 'id="delete-job"' not in client.get(f"/admin/jobs/{job}").text  # queued: cancel first
+    refused = client.post(f"/admin/jobs/{job}/delete", data={"csrf_token": token})
+    assert "cancel it first" in refused.text
+    assert client.post(f"/admin/jobs/{job}/delete", data={}, follow_redirects=False).status_code == 403  # CSRF
+    client.post(f"/admin/jobs/{job}/cancel", data={"csrf_token": token})
+    assert 'id="delete-job"' in client.get(f"/admin/jobs/{job}").text
+    assert client.post(f"/admin/jobs/{keyed['bob_job']}/delete", data={"csrf_token": token}).status_code == 404
+    gone = client.post(f"/admin/jobs/{job}/delete", data={"csrf_token": token}, follow_redirects=False)
+    assert gone.status_code == 303 and gone.headers["location"] == "/admin/jobs"
+    with Database(url).reading() as session:
+        assert repo.get_job(session, job) is None and repo.get_job(session, keyed["bob_job"]) is not None
+    page = client.post("/admin/documents", data={"csrf_token": token, "name": "notes.txt"},
+                       files={"file": ("notes.txt", b"A short text to delete.", "text/plain")})
+    doc_id = re.search(r"document (\w+) stored", page.text).group(1)
+    assert "delete-document" in page.text
+    page = client.post(f"/admin/documents/{doc_id}/delete", data={"csrf_token": token})
+    assert f"document {doc_id} deleted" in page.text and f"<code>{doc_id}</code>" not in page.text
+    assert client.post(f"/admin/documents/{doc_id}/delete", data={"csrf_token": token}).status_code == 404
+
+
 def test_a_revoked_key_is_logged_out(keyed):
     client = keyed["client"]
     log_in(client, keyed["alice"])

@@ -210,3 +210,21 @@ def test_a_model_the_server_lists_is_accepted(api, fake_llm):
     response = api.post("/v1/jobs", json={"kind": "chat", "params": {
         "messages": [{"role": "user", "content": "Hello"}], "model": served}})
     assert response.status_code == 202, response.text
+
+
+def test_a_submit_while_the_broker_is_down_is_a_503_and_stores_nothing(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    # A Redis broker nobody listens on: the job cannot be queued, so the submit is taken back
+    # (a stored job with no message would wait for ever) and the client is told to try again.
+    dead = Settings(longform_data_dir=str(tmp_path), database_url=sqlite_url(tmp_path),
+                    llm_endpoints="http://127.0.0.1:9/v1", broker_url="redis://127.0.0.1:9/0")
+    with Database(dead.database_url).session() as session:
+        key, _ = repo.create_api_key(session, "client")
+    with TestClient(create_app(dead, run_worker=False), base_url="http://127.0.0.1") as client:
+        body = {"kind": "chat", "params": {"messages": [{"role": "user", "content": "hi"}]}}
+        response = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "once", "Authorization": f"Bearer {key}"})
+        assert response.status_code == 503 and "nothing was stored" in response.json()["detail"]
+    assert count_rows(dead, Job) == 0

@@ -8,6 +8,7 @@ banner says so. The CSRF token is checked on every POST either way.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 
 from agents.kinds import UnknownKind, all_kinds, get_kind, kind_names
+from agents.redact import redact
 from agents.status import FINISHED_STATUSES, JOB_STATUSES
 from api.admin import charts
 from api.admin.forms import form_fields, read_params
@@ -28,6 +30,7 @@ from api.admin.session import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionSigner, Ui
 from api.auth import LOCAL_ADMIN, Principal
 from api.routes import datasets as dataset_routes
 from api.routes import jobs as job_routes
+from api.routes import documents as document_routes
 from api.routes.documents import store_document
 from api.serialize import iso, job_json
 from api.state import AppState, get_state
@@ -263,6 +266,19 @@ def build_router(signer: SessionSigner) -> APIRouter:
             ui.session.say(str(detail), "error")
         return ui.redirect(f"/admin/jobs/{job_id}")
 
+    @router.post("/jobs/{job_id}/delete")
+    async def delete_job(job_id: str, request: Request, ui: Ui = Depends(user)):
+        await form_of(request, ui)
+        try:
+            job_routes.delete_visible_job(ui.state, job_id, ui.principal)
+        except HTTPException as exc:
+            if exc.status_code == 404:
+                raise
+            ui.session.say(str(exc.detail), "error")
+            return ui.redirect(f"/admin/jobs/{job_id}")
+        ui.session.say(f"job {job_id} deleted")
+        return ui.redirect("/admin/jobs")
+
     @router.get("/jobs/{job_id}/export/{fmt}")
     def export(job_id: str, fmt: str, ui: Ui = Depends(user)):
         """A dataset export, from the same function as GET /v1/datasets/{id}/export."""
@@ -319,10 +335,23 @@ def build_router(signer: SessionSigner) -> APIRouter:
             return ui.redirect("/admin/documents")
         name = str(form.get("name") or upload.filename or "")[:300] or None
         try:
-            doc, created = store_document(ui.state, ui.principal, raw, name, form.get("strip_gutenberg") == "on")
+            doc, created = await asyncio.to_thread(store_document, ui.state, ui.principal, raw, name,
+                                                   form.get("strip_gutenberg") == "on")
             ui.session.say(f"document {doc['id']} {'stored' if created else 'was already stored'} "
                            f"({doc['words']} words)")
         except HTTPException as exc:
+            ui.session.say(str(exc.detail), "error")
+        return ui.redirect("/admin/documents")
+
+    @router.post("/documents/{document_id}/delete")
+    async def delete_document(document_id: str, request: Request, ui: Ui = Depends(user)):
+        await form_of(request, ui)
+        try:
+            document_routes.delete_document(document_id, state=ui.state, who=ui.principal)
+            ui.session.say(f"document {document_id} deleted")
+        except HTTPException as exc:
+            if exc.status_code == 404:
+                raise
             ui.session.say(str(exc.detail), "error")
         return ui.redirect("/admin/documents")
 
@@ -394,11 +423,11 @@ def _endpoint_rows(state: AppState, health: dict) -> list[dict[str, Any]]:
         probe = probes.get(name, {})
         own = stats.get(name, {})
         rows.append({
-            "endpoint": name,
+            "endpoint": redact(name),  # a URL may hold a password
             "up": probe.get("up", own.get("marked_up", 1) >= 1 if own else None),
             "inflight": int(own.get("inflight", 0)), "errors": int(own.get("errors", 0)),
             "ok": int(own.get("ok", 0)), "failed": int(own.get("failed_calls", 0)),
-            "note": probe.get("error") or ("" if own else "no calls from this process"),
+            "note": redact(probe.get("error") or ("" if own else "no calls from this process")),
         })
     return rows
 

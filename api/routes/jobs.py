@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -13,6 +14,7 @@ import prompts
 from agents import fingerprints
 from agents.kinds import InvalidParams, UnknownKind, all_kinds, get_kind, kind_names, validate_params
 from agents.status import FINISHED_STATUSES, JOB_STATUSES
+from agents.text import unstorable_text
 from api.auth import Principal, principal
 from api.schemas import Job as JobOut
 from api.schemas import JobList, KindList, StepList
@@ -23,6 +25,7 @@ from db import deletion, repo
 from db.models import Job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+log = logging.getLogger("longform.api")
 
 MAX_CAP = 2**31 - 1  # a budget cap is stored in a 32-bit integer column
 BUDGET_FIELDS = ("max_calls", "max_tokens_total")
@@ -81,6 +84,9 @@ def submit_job(
 ) -> tuple[dict[str, Any], bool]:
     """Validate, store and queue a job. Returns its JSON and whether it is new. The budget caps
     (None: the settings' defaults, 0: unlimited) are resolved here and stored with the job."""
+    # A NUL or a lone surrogate would be stored and then fail every response (and PostgreSQL).
+    if problem := unstorable_text(params, "params"):
+        raise HTTPException(422, problem)
     try:
         model = validate_params(kind, params, state.settings)
     except UnknownKind as exc:
@@ -108,7 +114,16 @@ def submit_job(
         session.flush()
         body = job_json(session, job, new=created)
     if created:
-        state.enqueue(body["id"], priority)
+        try:
+            state.enqueue(body["id"], priority)
+        except Exception as exc:  # the broker is down: a submit happens whole or not at all
+            with state.db.session() as session:
+                withdrawn = deletion.withdraw_unclaimed_job(session, body["id"])
+            log.warning("job %s could not be queued (%s: %s); %s", body["id"], type(exc).__name__, exc,
+                        "withdrawn" if withdrawn else "a worker took it meanwhile")
+            if withdrawn:
+                raise HTTPException(503, "the job queue (broker) cannot be reached; nothing was stored: "
+                                         "try again (an Idempotency-Key makes that safe)") from None
     return body, created
 
 
@@ -213,7 +228,8 @@ def delete_visible_job(state: AppState, job_id: str, who: Principal, kind: str |
 
 @router.post("/purge")
 def purge(
-    older_than_days: float | None = Query(default=None, gt=0, description="default: RETENTION_DAYS"),
+    # le: a cutoff further back than year 1 overflows datetime (a 500); a century keeps everything anyway
+    older_than_days: float | None = Query(default=None, gt=0, le=36500, description="default: RETENTION_DAYS"),
     state: AppState = Depends(get_state),
     who: Principal = Depends(principal),
 ):
@@ -270,7 +286,14 @@ def retry(job_id: str, body: RetryRequest | None = None, state: AppState = Depen
         repo.requeue_for_retry(session, job, mode)
         session.flush()
         body, priority = job_json(session, job), job.priority
-    state.enqueue(job_id, priority)
+    try:
+        state.enqueue(job_id, priority)
+    except Exception as exc:
+        # Queued in the database all the same: the workers send queued jobs again once the
+        # broker answers (workers/celery_app.py, the sweeper).
+        log.warning("job %s could not be queued for its retry (%s: %s)", job_id, type(exc).__name__, exc)
+        raise HTTPException(503, f"job {job_id} is queued again, but the job queue (broker) cannot be reached: "
+                                 "workers send it once the broker is back") from None
     return JSONResponse(body, status_code=202)
 
 
@@ -301,7 +324,8 @@ def steps(
         return JSONResponse({"items": [step_json(s, with_output) for s in repo.list_steps(session, job_id)]})
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events (SSE)"}})
 async def events(
     job_id: str,
     request: Request,

@@ -64,6 +64,12 @@
     }
   });
 
+  // Ask before a form that cannot be undone: <form data-confirm="Delete this job?">
+  document.addEventListener("submit", function (event) {
+    var question = event.target.getAttribute && event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  });
+
   // "Select all" checkbox: <input type="checkbox" data-check-all="job">
   document.addEventListener("change", function (event) {
     var name = event.target.getAttribute && event.target.getAttribute("data-check-all");
