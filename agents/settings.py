@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     length_single_call_words: int = 1500
     # Workers
     worker_concurrency: int = 128  # jobs one worker process runs at once (asyncio)
+    # CPU priority of `longform worker` (0-19, higher yields more): on a machine shared with the
+    # API, e.g. 10 keeps request latency low while workers are busy (bench/load.py).
+    worker_nice: int = Field(default=0, ge=0, le=19)
     job_lease_seconds: float = 60.0  # a running job whose heartbeat is older is taken over
     job_slice_seconds: float = 1800.0  # a Celery task runs a job this long, then re-queues it
     # Budgets: the caps a job gets when its submit names none (`max_calls`, `max_tokens_total`);

@@ -385,6 +385,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, fake_stats: dict[st
         "peak_queued": result.get("peak_queued", 0),
         "cpu_s": result["cpu"],
         "client_loop_lag_p99_ms": lag["p99"],
+        "worker_nice": args.worker_nice,
     }
 
 
@@ -426,6 +427,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the broker; this Redis db is flushed")
     parser.add_argument("--api-processes", type=int, default=1, help="`longform serve` replicas (clients spread over them)")
     parser.add_argument("--worker-concurrency", type=int, default=128, help="jobs at once per worker process (WORKER_CONCURRENCY's default)")
+    parser.add_argument("--worker-nice", type=int, default=10,
+                        help="WORKER_NICE of the workers (10: the API, on the same cores, goes first)")
     parser.add_argument("--warm-up-rounds", type=int, default=3, help="rounds of the job mix run before the clock starts")
     parser.add_argument("--deadline", type=float, default=420, help="seconds after the last submit for every job to end")
     parser.add_argument("--keep-going", action="store_true", help="count failed submits and go on instead of stopping")
@@ -445,7 +448,7 @@ def main() -> None:
         fake = stack.enter_context(start_fake_server(**FAKE_CONFIG))
         env = {"DATABASE_URL": url, "BROKER_URL": args.redis_url, "LLM_ENDPOINTS": fake.base_url,
                "LONGFORM_DATA_DIR": str(tmp), "REQUIRE_API_KEYS": "always",
-               "WORKER_CONCURRENCY": str(args.worker_concurrency)}
+               "WORKER_CONCURRENCY": str(args.worker_concurrency), "WORKER_NICE": str(args.worker_nice)}
         api_procs, apis = [], []
         for n in range(1, args.api_processes + 1):
             api_proc, api = start_serve(env, tmp, f"api-{n}")

@@ -482,3 +482,15 @@ def test_booookscore_scores_a_summary_file_and_a_summarize_job(tmp_path, fake_ll
         from_job = run(["booookscore", job_id], LONGFORM_URL=url)
         assert from_job.exit_code == 0, from_job.output
         assert from_job.stdout.startswith("BooookScore: ")
+
+
+def test_worker_nice_lowers_the_process_and_its_session_cpu_priority():
+    import subprocess
+    import sys
+
+    code = ("import os, pathlib; from api.cli.processes import lower_cpu_priority; lower_cpu_priority(7); "
+            "group = pathlib.Path('/proc/self/autogroup'); "
+            "print(os.nice(0), group.read_text().split()[-1] if group.exists() else 7)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         start_new_session=True).stdout.split()
+    assert out == ["7", "7"]

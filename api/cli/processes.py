@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 
@@ -49,10 +51,26 @@ def worker(concurrency: int | None, upgrade: bool) -> None:
         )
     from workers.celery_app import configure
 
+    lower_cpu_priority(settings.worker_nice)
     configure(settings).worker_main(
         ["worker", "--pool", "threads", "--concurrency", str(concurrency or settings.worker_concurrency),
          "--loglevel", "INFO", "-Q", "longform"]
     )
+
+
+def lower_cpu_priority(nice: int) -> None:
+    """Make this process yield the CPU to others by `nice`. Linux schedules each session
+    (autogroup) fairly first, so a worker started in its own session also raises its
+    session's nice, or it would still compete with the API as an equal."""
+    if nice <= 0:
+        return
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError:  # autogroups off, or not ours to change: the process nice still applies
+            pass
 
 
 @cli.command()
