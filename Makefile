@@ -57,6 +57,8 @@ bench: setup
 	$(BIN)/python bench/selflengthen_build.py
 	$(BIN)/python bench/summarize.py
 	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
