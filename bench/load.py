@@ -46,15 +46,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service import scratch_postgres_database  # noqa: E402
 from db import repo  # noqa: E402
 from db.schema import upgrade  # noqa: E402
-from db.session import Database, engine_for, normalize_url  # noqa: E402
+from db.session import Database  # noqa: E402
 from fakellm.runner import start_fake_server  # noqa: E402
 from tests.processes import LongformProcess, start_serve, start_worker  # noqa: E402
 
 TARGET_SUBMIT_MS = 100.0
 TARGET_STATUS_MS = 50.0
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"  # 12 is bench/overhead.py's, 13 and 14 the tests'
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -316,20 +316,8 @@ def temporary_database(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    import sqlalchemy as sa
-
-    name = f"longform_load_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_postgres_database("longform_load") as url:
         yield url
-    finally:
-        engine_for(normalize_url(url)).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def report(result: dict[str, Any], args: argparse.Namespace, fake_stats: dict[str, Any]) -> dict[str, Any]:

@@ -20,13 +20,13 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service import scratch_postgres_database  # noqa: E402
 from db import repo  # noqa: E402
 from db.schema import upgrade  # noqa: E402
 from db.session import Database  # noqa: E402
@@ -35,7 +35,6 @@ from tests.api_server import free_port  # noqa: E402
 from tests.processes import start_serve, start_worker  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 async def submit_all(url: str, headers: dict, count: int, concurrency: int = 32) -> list[str]:
@@ -125,15 +124,9 @@ def run_embedded(fake_url: str, count: int, tmp: Path) -> dict:
 
 def run_celery(fake_url: str, count: int, tmp: Path) -> dict:
     import redis
-    import sqlalchemy as sa
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    name = f"longform_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_postgres_database("longform_bench") as url:
         upgrade(url)
         with Database(url).session() as s:
             key, _ = repo.create_api_key(s, "bench", is_admin=True)
@@ -147,12 +140,6 @@ def run_celery(fake_url: str, count: int, tmp: Path) -> dict:
         finally:
             worker.stop()
             api_proc.stop()
-    finally:
-        from db.session import engine_for, normalize_url
-
-        engine_for(normalize_url(url)).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def main() -> None:

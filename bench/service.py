@@ -23,6 +23,32 @@ from db.schema import upgrade  # noqa: E402
 from fakellm.runner import FakeServer, start_fake_server  # noqa: E402
 from tests.processes import start_serve  # noqa: E402
 
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def scratch_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the local PostgreSQL (named PREFIX_<random>), dropped on exit."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from db.session import engine_for, normalize_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        engine_for(normalize_url(url)).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 # As recommended for vLLM in the README: --scheduling-policy priority, LLM_PRIORITY_SCHEDULING=1.
 # Time to first token: one decode step (vLLM prefills a new sequence within the next scheduler
 # step, as bench/llm_pool.py assumes too); prompt tokens missing from the prefix cache still
