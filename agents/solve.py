@@ -33,6 +33,7 @@ temperature 0, truncates long output instead, and takes the sandbox's configured
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any, Callable, Literal
 
@@ -248,7 +249,7 @@ class SteerExchange(BaseModel):
 
     key: str
     prompt: str
-    reply: str
+    reply: str = Field(description="the steerer's decision as JSON (without prose or fences the model put around it)")
 
 
 class SolveUsage(BaseModel):
@@ -417,7 +418,10 @@ class Solver:
             prompt = build_prompt()
             options = GenOptions(model=self.params.steer_model, seed=self.params.seed, **self.settings.steer_options)
             value, result = await chat_json(self.ctx.llm, [{"role": "user", "content": prompt}], schema, options)
-            return {"prompt": prompt, "reply": result.text, "value": value, "model": result.model, **_usage_now()}
+            # The decision as JSON, not the raw text: a reply the parser accepted may wrap it in
+            # prose or a fence, and the steering SFT export trains on this field.
+            reply = json.dumps(value, ensure_ascii=False)
+            return {"prompt": prompt, "reply": reply, "value": value, "model": result.model, **_usage_now()}
 
         out = await self.ctx.step(key, call)
         self.calls.append(out)

@@ -262,6 +262,46 @@ async def test_down_endpoint_is_probed_back(fake_llm_factory, pools):
     assert server.stats()["requests_by_path"].get("/health", 0) >= 1  # the probe found it
 
 
+async def test_an_untyped_transport_failure_in_the_client_is_retried(fake_llm_factory, pools, monkeypatch):
+    """The openai client lets some failures of its HTTP stack through untyped (anyio's
+    AttributeError on a connection whose peer died under uvloop, OS errors): each is a retried
+    connection failure, never a job's crash."""
+    server = fake_llm_factory()
+    pool = pools([server.base_url], max_retries=3)
+    client = pool._endpoints[0].clients[0]
+    real_post = client.post
+    failures = [AttributeError("'NoneType' object has no attribute 'getpeername'"), ConnectionResetError(104, "reset")]
+
+    async def flaky_post(*args, **kwargs):
+        if failures:
+            raise failures.pop(0)
+        return await real_post(*args, **kwargs)
+
+    monkeypatch.setattr(client, "post", flaky_post)
+    result = await pool.chat(ASK, GenOptions(max_tokens=8))
+    assert result.text and result.attempts == 3
+    assert "ConnectionResetError" in pool.health()[0]["last_error"]
+
+
+async def test_a_probe_on_a_connection_dropped_under_uvloop_counts_as_down_not_a_crash(pools):
+    """anyio on uvloop raises AttributeError ('NoneType' ... 'getpeername') when the peer closed
+    a kept-alive connection; a probe that meets it reports the endpoint down and the next one
+    can find it back up (an exception would end the probe loop for good)."""
+    answers = [AttributeError("'NoneType' object has no attribute 'getpeername'"), httpx.Response(200)]
+
+    def handler(request):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    pool = pools(["http://127.0.0.1:9/v1"])
+    pool._aux = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    endpoint = pool._endpoints[0]
+    assert await pool._probe(endpoint) is False and "AttributeError" in endpoint.last_error
+    assert await pool._probe(endpoint) is True
+
+
 # ----- routing: failover, in-flight limit, balance, sticky -------------------------------
 
 

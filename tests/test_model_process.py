@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from agents.llm.embedded_process import EmbeddedModel, ModelProcess
+from agents.llm.embedded_process import READY, EmbeddedModel, ModelProcess
 from agents.llm.factory import make_llm_client
 from agents.llm.types import GenOptions, LLMUnavailable
 from agents.settings import Settings
@@ -141,3 +141,43 @@ def test_a_stopped_process_refuses_calls_with_its_state(tmp_path):
         await client.aclose()
 
     asyncio.run(call())
+
+
+class _ReadyProcess:
+    """A process record that says it is ready, for the client's own retry logic (no model)."""
+    state = READY
+    port = 9
+    base_url = "http://127.0.0.1:9/v1"
+    start_timeout_s = 1.0
+    restarts = 0
+
+    def __init__(self):
+        self.settled = 0
+
+    def wait_settled(self, timeout):
+        self.settled += 1
+        return READY
+
+
+async def test_a_tokenizer_connection_dropped_under_uvloop_is_retried_not_raised(monkeypatch):
+    """anyio on uvloop raises AttributeError ('NoneType' ... 'getpeername') when a kept-alive
+    connection's peer died; that is a transport failure, retried after the process settles."""
+    answers = [AttributeError("'NoneType' object has no attribute 'getpeername'"),
+               httpx.Response(200, json={"count": 7}), OSError("connection reset"), OSError("connection reset"),
+               OSError("connection reset")]
+
+    def handler(request):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    process = _ReadyProcess()
+    client = EmbeddedModel(process)
+    monkeypatch.setattr(client._pool, "ensure_ready", lambda: asyncio.sleep(0))
+    client._tokenizer = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    assert await client.count_tokens("some text") == 7 and process.settled == 1
+
+    with pytest.raises(LLMUnavailable, match="tokenizer: connection reset"):  # three failures in a row
+        await client.count_tokens("more text")
+    await client._tokenizer.aclose()

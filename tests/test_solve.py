@@ -208,6 +208,17 @@ async def test_steer_decisions_are_structured_not_substrings():
 
 
 @needs_sandbox
+async def test_steering_replies_are_stored_as_the_decision_not_the_prose_around_it():
+    """A reply the parser accepts may wrap the JSON in chatter and a fence; the stored reply (the
+    steering SFT data) is the decision alone."""
+    choice = {"mode": "code", "guidance": "Compute it exactly."}
+    llm = Scripted(choice="Sure! Here is the JSON you asked for:\n```json\n" + json.dumps(choice) + "\n```")
+    result = await _run(llm, method="steer", self_check=False)
+    assert json.loads(result["steering"][0]["reply"]) == choice
+    assert "Sure" not in result["steering"][0]["reply"] and result["initial_mode"] == "code"
+
+
+@needs_sandbox
 async def test_paper_protocol_uses_the_reference_settings():
     llm = Scripted(choice=json.dumps({"mode": "text", "guidance": "Think hard."}), task=[TEXT_WRONG])
     result = await _run(llm, method="steer", protocol="paper")

@@ -33,7 +33,7 @@ import httpx
 from prometheus_client import Counter, Gauge
 
 from agents.llm.embedded import DEFAULT_MODEL_FILE
-from agents.llm.openai_pool import OpenAIPool
+from agents.llm.openai_pool import TRANSPORT_ERRORS, OpenAIPool
 from agents.llm.types import GenOptions, LLMError, LLMResult, LLMUnavailable, Message
 
 log = logging.getLogger("longform.model")
@@ -291,7 +291,7 @@ class EmbeddedModel:
                                                       json={"prompt": text})
                 response.raise_for_status()
                 return int(response.json()["count"])
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 if attempt == 2:
                     raise LLMUnavailable(f"embedded model tokenizer: {exc}", endpoint="embedded") from exc
                 await asyncio.to_thread(self.process.wait_settled, self.process.start_timeout_s)

@@ -67,6 +67,12 @@ log = logging.getLogger(__name__)
 # call. The pool logs retries, failovers and errors itself.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+# What a plain httpx call to a model server can raise when the server fails or dies: httpx's
+# errors, and what anyio raises under uvloop when a kept-alive connection's peer closed it
+# ("'NoneType' object has no attribute 'getpeername'", uvloop issue 560). The openai client
+# wraps these itself; probes and /tokenize use httpx directly.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, AttributeError)
+
 _CONNECT_TIMEOUT_S = 10.0
 _CONNECTIONS_PER_CLIENT = 16
 _PROBE_TIMEOUT_S = 5.0
@@ -544,7 +550,7 @@ class OpenAIPool:
             if resp.status_code == 200:
                 return True
             ep.last_error = f"probe: HTTP {resp.status_code}"
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             ep.last_error = f"probe: {type(exc).__name__}: {exc}"
         return False
 
@@ -570,6 +576,8 @@ class OpenAIPool:
             )
         except openai.APIError as exc:
             raise _map_error(exc, ep.base_url) from exc
+        except Exception as exc:  # the client's transport failed outside its typed errors
+            raise _transport_failure(exc, ep.base_url) from exc
         finally:
             ep.shard_inflight[shard] -= 1
         return _to_result(data, kind, ep.base_url, model)
@@ -614,6 +622,8 @@ class OpenAIPool:
             if type(err) is not LLMBadRequest:
                 raise err from exc
             page = None
+        except Exception as exc:
+            raise _transport_failure(exc, ep.base_url) from exc
         ep.models_checked = True
         cards = [(c.id, getattr(c, "max_model_len", None)) for c in (page.data if page else []) if c.id]
         if not cards:
@@ -640,7 +650,7 @@ class OpenAIPool:
             if isinstance(tokens, list) and (tokens or not text):
                 ep.tokenize_supported = True
                 return len(tokens)
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (*TRANSPORT_ERRORS, ValueError):
             return None  # transient: try again next time
         ep.tokenize_supported = False
         return None
@@ -683,6 +693,13 @@ def _request(kind: str, payload: Any, model: str, o: GenOptions) -> tuple[dict[s
     if o.timeout_s is not None:
         request_options["timeout"] = o.timeout_s
     return body, request_options
+
+
+def _transport_failure(exc: Exception, endpoint: str) -> LLMConnectionError:
+    """A retryable connection error for what the openai client let through untyped: its HTTP
+    library's errors outside the ones it maps, OS errors, and anyio's AttributeError on a
+    connection whose peer died under uvloop (see TRANSPORT_ERRORS)."""
+    return LLMConnectionError(f"connection failed: {type(exc).__name__}: {exc}", endpoint=endpoint)
 
 
 def _map_error(exc: openai.APIError, endpoint: str) -> LLMError:

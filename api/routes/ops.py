@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import text
 
+from agents.llm.openai_pool import TRANSPORT_ERRORS
 from agents.redact import redact, redact_any
 from api.state import AppState, get_state
 from db import repo
@@ -64,7 +65,7 @@ async def _check_models(state: AppState) -> dict:
         try:
             response = await client.get(f"{root}/health")
             return {"endpoint": base, "up": response.status_code == 200}
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             return {"endpoint": base, "up": False, "error": type(exc).__name__}
 
     async with httpx.AsyncClient(timeout=2.0) as client:
