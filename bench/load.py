@@ -4,21 +4,29 @@ and the API's latency under that load.
 Starts the fake vLLM server in timing mode (so jobs take real time), `longform serve` in API-only
 mode (BROKER_URL set, API keys required), two `longform worker` processes, then submits the jobs
 (chat, write single and agentwrite, summarize of a small uploaded document, lengthen, solve and
-small dataset builds) from several concurrent clients while other clients poll
-GET /v1/jobs/{id}. The clients are closed loops on one asyncio loop (async httpx), each on its own
-keep-alive connection: a submitter sends its next job as soon as the last is answered, a poller
-waits --poll-interval between polls; each request is timed on the client (time.perf_counter
-around it), so the figures include the client's own delays (its event loop's lateness is
-printed). The model server's capacity is below the submit rate, so the jobs queue up (the peak
-is printed). Before the clock starts, a few rounds of the mix run under another key (workers
-import each kind's code on its first job). The jobs are followed in the database (not through
-the API) until every one has ended.
+small dataset builds) while status polls (GET /v1/jobs/{id}) follow them. Before the clock
+starts, a few rounds of the mix run under another key (workers import each kind's code on its
+first job). The jobs are followed in the database (not through the API) until every one has
+ended.
+
+Two ways to load the API, both from one asyncio loop (async httpx), each request timed on the
+client so the figures include the client's own delays (its event loop's lateness is printed):
+- open loop (the default, `--submit-rate 25 --poll-rate 100`): request n is sent at
+  start + n / rate whatever the answers, as independent users do, and its latency counts from
+  that planned time. 25 jobs a second is above what the fake model server finishes (about 14),
+  so the queue grows the whole time: this is the latency the targets are about. The run says
+  whether the generator kept its schedule (on 2 shared cores it cannot much above this rate).
+- closed loops (`--submit-rate 0`): --submitters clients each send the next job as soon as the
+  last is answered, --pollers clients poll with --poll-interval between polls. The submit rate
+  rises until the API is the bottleneck, so this measures the API's saturation: its
+  throughput, and latencies that are mostly requests waiting on each other.
 
 Targets: p99 under 100 ms for submit and under 50 ms for status; nothing lost (a job submitted
 with a 2xx that is missing, or not ended by the deadline).
 Last line: {"jobs": n, "p99_submit_ms": x, "p99_status_ms": y, "lost": 0, ...}
 
-Run: .venv/bin/python bench/load.py [--jobs 2000] [--submitters 4] [--pollers 4] [--poll-interval 0.02]
+Run: .venv/bin/python bench/load.py [--jobs 2000] [--submit-rate 25] [--poll-rate 100]
+     [--submit-rate 0 --submitters 4 --pollers 4 --poll-interval 0.02]
      [--database-url URL] [--redis-url redis://127.0.0.1:6379/11] [--api-processes 1]
      [--worker-concurrency 128] [--deadline 420] [--keep-going]
 """
@@ -31,6 +39,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -40,7 +49,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import httpx
 
@@ -130,57 +139,119 @@ class Measurements:
     submit_seconds: float = 0.0
 
 
+async def submit_one(client: httpx.AsyncClient, index: int, document_id: str, m: Measurements, keep_going: bool,
+                     since: float) -> None:
+    """Submit the index-th job of the mix; its latency counts from `since` (the planned time
+    under a paced load, else the moment it is sent)."""
+    label, path, body = job_request(index, document_id)
+    try:
+        response = await client.post(path, json=body)
+    except httpx.HTTPError as exc:
+        m.submit_errors[type(exc).__name__] += 1
+        if not keep_going:
+            raise
+        return
+    m.submit_ms.append((time.perf_counter() - since) * 1000)
+    if response.is_success:
+        job_id = response.json()["id"]
+        m.submitted[job_id] = label
+        m.submitted_ids.append(job_id)
+    else:
+        m.submit_errors[f"{response.status_code} {label}: {response.text[:200]}"] += 1
+        if not keep_going:
+            raise SystemExit(f"submit of {label} answered {response.status_code}: {response.text[:500]}")
+
+
+async def poll_one(client: httpx.AsyncClient, job_id: str, m: Measurements, since: float) -> None:
+    during_submit = m.submitting
+    try:
+        response = await client.get(f"/v1/jobs/{job_id}")
+    except httpx.HTTPError as exc:
+        m.status_errors[type(exc).__name__] += 1
+        return
+    elapsed = (time.perf_counter() - since) * 1000
+    m.status_ms.append(elapsed)
+    if during_submit:
+        m.status_during_submit_ms.append(elapsed)
+    if not response.is_success:
+        m.status_errors[f"{response.status_code}: {response.text[:200]}"] += 1
+
+
+def pick_job(m: Measurements, rng: random.Random) -> str:
+    return rng.choice(m.submitted_ids[-500:])  # mostly jobs still queued or running
+
+
 async def submitter(url: str, headers: dict, document_id: str, next_index: Iterator[int], count: int,
                     m: Measurements, keep_going: bool) -> None:
+    """Closed loop: the next job is sent as soon as the last one is answered."""
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         for index in next_index:
             if index >= count:
                 return
-            label, path, body = job_request(index, document_id)
-            start = time.perf_counter()
-            try:
-                response = await client.post(path, json=body)
-            except httpx.HTTPError as exc:
-                m.submit_errors[type(exc).__name__] += 1
-                if not keep_going:
-                    raise
-                continue
-            m.submit_ms.append((time.perf_counter() - start) * 1000)
-            if response.is_success:
-                job_id = response.json()["id"]
-                m.submitted[job_id] = label
-                m.submitted_ids.append(job_id)
-            else:
-                m.submit_errors[f"{response.status_code} {label}: {response.text[:200]}"] += 1
-                if not keep_going:
-                    raise SystemExit(f"submit of {label} answered {response.status_code}: {response.text[:500]}")
+            await submit_one(client, index, document_id, m, keep_going, time.perf_counter())
 
 
 async def poller(url: str, headers: dict, m: Measurements, stop: asyncio.Event, interval_s: float,
                  seed: int) -> None:
-    """Polls the status of a random submitted job, like a client following its jobs."""
+    """Closed loop: polls the status of a random submitted job, waits, and polls again."""
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         while not stop.is_set():
             if not m.submitted_ids:
                 await asyncio.sleep(0.01)
                 continue
-            job_id = rng.choice(m.submitted_ids[-500:])  # mostly jobs still queued or running
-            during_submit = m.submitting
-            start = time.perf_counter()
-            try:
-                response = await client.get(f"/v1/jobs/{job_id}")
-            except httpx.HTTPError as exc:
-                m.status_errors[type(exc).__name__] += 1
-                continue
-            elapsed = (time.perf_counter() - start) * 1000
-            m.status_ms.append(elapsed)
-            if during_submit:
-                m.status_during_submit_ms.append(elapsed)
-            if not response.is_success:
-                m.status_errors[f"{response.status_code}: {response.text[:200]}"] += 1
+            await poll_one(client, pick_job(m, rng), m, time.perf_counter())
             if interval_s:
                 await asyncio.sleep(interval_s)
+
+
+async def paced(rate: float, count: int | None, stop: asyncio.Event | None, send: Callable[[int, float], Awaitable]) -> None:
+    """Open loop: request n is sent at start + n / rate whether or not the earlier ones were
+    answered, as independent users do, and its latency counts from that planned time, so a slow
+    API cannot hide its delay by slowing its clients down (coordinated omission)."""
+    start = time.perf_counter()
+    in_flight: set[asyncio.Task] = set()
+    n = 0
+    while (count is None or n < count) and not (stop and stop.is_set()):
+        planned = start + n / rate
+        # Always yield, even when behind schedule: the requests already started must run.
+        await asyncio.sleep(max(0.0, planned - time.perf_counter()))
+        task = asyncio.create_task(send(n, planned))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        n += 1
+    await asyncio.gather(*in_flight)
+
+
+def paced_clients(apis: list[str], headers: dict) -> list[httpx.AsyncClient]:
+    # Enough connections that requests waiting on a slow API never wait for a connection too.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    return [httpx.AsyncClient(base_url=api, headers=headers, timeout=60, limits=limits) for api in apis]
+
+
+async def paced_submits(apis: list[str], headers: dict, document_id: str, args: argparse.Namespace,
+                        m: Measurements) -> None:
+    clients = paced_clients(apis, headers)  # requests spread round-robin, as a load balancer would
+    try:
+        await paced(args.submit_rate, args.jobs, None, lambda n, planned: submit_one(
+            clients[n % len(clients)], n, document_id, m, args.keep_going, planned))
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+
+
+async def paced_polls(apis: list[str], headers: dict, args: argparse.Namespace, m: Measurements,
+                      stop: asyncio.Event) -> None:
+    clients, rng = paced_clients(apis, headers), random.Random(0)
+    while not m.submitted_ids and not stop.is_set():
+        await asyncio.sleep(0.01)
+
+    async def poll(n: int, planned: float) -> None:
+        await poll_one(clients[n % len(clients)], pick_job(m, rng), m, planned)
+
+    try:
+        await paced(args.poll_rate, None, stop, poll)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
 
 
 def job_states(db: Database, ids: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -282,14 +353,19 @@ async def run_load(apis: list[str], key: str, owner: str, db: Database, args: ar
     client_before = resource.getrusage(resource.RUSAGE_SELF)
     started, started_wall = time.perf_counter(), time.time()
     next_index = iter(range(args.jobs))
-    # Each client keeps to one API process, spread round-robin as a load balancer would.
-    pollers = [asyncio.create_task(poller(apis[n % len(apis)], headers, m, stop_polling, args.poll_interval, n))
-               for n in range(args.pollers)]
+    if args.submit_rate:
+        pollers = [asyncio.create_task(paced_polls(apis, headers, args, m, stop_polling))]
+    else:  # closed loops; each client keeps to one API process, spread round-robin as a load balancer would
+        pollers = [asyncio.create_task(poller(apis[n % len(apis)], headers, m, stop_polling, args.poll_interval, n))
+                   for n in range(args.pollers)]
     follower = asyncio.create_task(follow_jobs(db, owner, m, submit_done, args.deadline, timeline))
     lag_monitor = asyncio.create_task(loop_lag(lags, stop_polling))
     try:
-        await asyncio.gather(*(submitter(apis[n % len(apis)], headers, document_id, next_index, args.jobs, m,
-                                         args.keep_going) for n in range(args.submitters)))
+        if args.submit_rate:
+            await paced_submits(apis, headers, document_id, args, m)
+        else:
+            await asyncio.gather(*(submitter(apis[n % len(apis)], headers, document_id, next_index, args.jobs, m,
+                                             args.keep_going) for n in range(args.submitters)))
         m.submit_seconds = time.perf_counter() - started
         m.submitting = False
         submit_done.set()
@@ -332,10 +408,11 @@ def report(result: dict[str, Any], args: argparse.Namespace, fake_stats: dict[st
                        for job_id, (s, error) in states.items() if s == "failed")
     elapsed, ended_at = result["elapsed"], result["all_ended_s"]
     lag = latency_figures(result["lags"])
+    clients = (f"paced at {args.submit_rate:g} jobs/s and {args.poll_rate:g} polls/s (open loop)" if args.submit_rate
+               else f"{args.submitters} closed-loop submitters and {args.pollers} pollers")
     print(f"{len(m.submitted)} of {args.jobs} jobs submitted (2xx) in {m.submit_seconds:.1f} s "
-          f"({len(m.submitted) / max(m.submit_seconds, 1e-9):.1f} submits/s) by {args.submitters} clients, while "
-          f"{args.pollers} clients polled status ({status['n'] / elapsed:.1f} requests/s); peak queued "
-          f"{result['peak_queued']}")
+          f"({len(m.submitted) / max(m.submit_seconds, 1e-9):.1f} submits/s), {clients}; status "
+          f"{status['n'] / elapsed:.1f} requests/s; peak queued {result['peak_queued']}")
     print(f"all ended {ended_at:.1f} s after the first submit ({len(states) / ended_at:.1f} jobs/s end to end); "
           f"model calls {fake_stats.get('generation_requests')}, generation tokens {fake_stats.get('generation_tokens')}")
     print(f"{'request':28s} {'n':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'target':>8s} {'p99/target':>10s}")
@@ -352,6 +429,11 @@ def report(result: dict[str, Any], args: argparse.Namespace, fake_stats: dict[st
     if m.submit_errors or m.status_errors:
         print(f"submit errors {dict(m.submit_errors)}; status errors {dict(m.status_errors)}")
     print(f"lost {len(missing) + len(unfinished)} (missing {len(missing)}, not ended by the deadline {len(unfinished)})")
+    schedule_kept = generator_kept_schedule(args, m, status, lag)
+    if not schedule_kept:
+        print(f"WARNING: the load generator did not keep its schedule ({len(m.submitted) / max(m.submit_seconds, 1e-9):.1f} "
+              f"of {args.submit_rate:g} jobs/s, {status['n'] / elapsed:.1f} of {args.poll_rate:g} polls/s, its loop late "
+              f"by {lag['p99']} ms at p99): the latencies above measure the generator, not the API")
     print("CPU seconds during the run: " + ", ".join(f"{name} {sec}" for name, sec in result["cpu"].items())
           + f" (of {elapsed * os.cpu_count():.0f} core-seconds); the load generator's event loop woke late by "
           f"p50 {lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms (included in the latencies above)")
@@ -374,7 +456,22 @@ def report(result: dict[str, Any], args: argparse.Namespace, fake_stats: dict[st
         "cpu_s": result["cpu"],
         "client_loop_lag_p99_ms": lag["p99"],
         "worker_nice": args.worker_nice,
+        "load": "open" if args.submit_rate else "closed",
+        "schedule_kept": schedule_kept,
     }
+
+
+def generator_kept_schedule(args: argparse.Namespace, m: Measurements, status: dict[str, float],
+                            lag: dict[str, float]) -> bool:
+    """Whether an open-loop run sent what it was asked to, on time: the achieved rates within 5 %
+    of the asked ones and its own event loop late by under a tenth of the status target at p99.
+    (Closed loops have no schedule to keep.)"""
+    if not args.submit_rate:
+        return True
+    submits_per_s = len(m.submitted) / max(m.submit_seconds, 1e-9)
+    polls_per_s = len(m.status_during_submit_ms) / max(m.submit_seconds, 1e-9)
+    return (submits_per_s >= 0.95 * args.submit_rate and polls_per_s >= 0.95 * args.poll_rate
+            and lag["p99"] < TARGET_STATUS_MS / 10)
 
 
 def upload_document(api: str, key: str) -> str:
@@ -408,6 +505,10 @@ def warm_up(apis: list[str], db: Database, rounds: int, timeout_s: float = 120) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--submit-rate", type=float, default=25,
+                        help="jobs a second, sent on schedule whatever the answers (open loop); 0: closed loops "
+                             "that submit back to back (the API's saturation)")
+    parser.add_argument("--poll-rate", type=float, default=100, help="status polls a second with --submit-rate")
     parser.add_argument("--submitters", type=int, default=4, help="concurrent submitting clients")
     parser.add_argument("--pollers", type=int, default=4, help="concurrent clients polling job status")
     parser.add_argument("--poll-interval", type=float, default=0.02, help="seconds each poller waits between polls")
@@ -421,6 +522,9 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=420, help="seconds after the last submit for every job to end")
     parser.add_argument("--keep-going", action="store_true", help="count failed submits and go on instead of stopping")
     args = parser.parse_args()
+    # A stopped run (timeout, kill) still stops the API, the workers and the fake server it
+    # started: workers left behind would take the next run's tasks from the same Redis db.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import redis
 
