@@ -69,8 +69,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # What a plain httpx call to a model server can raise when the server fails or dies: httpx's
 # errors, and what anyio raises under uvloop when a kept-alive connection's peer closed it
-# ("'NoneType' object has no attribute 'getpeername'", uvloop issue 560). The openai client
-# wraps these itself; probes and /tokenize use httpx directly.
+# ("'NoneType' object has no attribute 'getpeername'", uvloop issue 560). Probes and /tokenize
+# use httpx directly; calls go through the openai client, whose untyped failures
+# `_transport_failure` maps.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, AttributeError)
 
 _CONNECT_TIMEOUT_S = 10.0
