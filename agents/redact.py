@@ -8,13 +8,17 @@ Two layers, because neither alone is enough:
   CLI's API_KEY, ADMIN_SESSION_SECRET, database and broker passwords), registered at start-up
   with `register`, replaced wherever they appear (a server may echo a bare key, without "Bearer").
 
-`install_log_redaction` makes every log record of the process pass through `redact`.
+`install_log_redaction` makes every log record of the process pass through `redact`, and
+`install_traceback_redaction` every traceback Python itself prints for an uncaught exception
+(in the main thread or another), which bypasses logging.
 """
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
+import traceback
 from typing import Any, Iterable
 from urllib.parse import unquote, urlsplit
 
@@ -144,8 +148,47 @@ def install_log_redaction(secrets: Iterable[str | None] = ()) -> None:
     logging.setLogRecordFactory(factory)
 
 
+_hooks_installed = False
+
+
+def _print_redacted(exc_type, exc, tb, header: str = "") -> None:
+    try:
+        text = header + "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(redact(text))
+        sys.stderr.flush()
+    except Exception:  # stderr closed at shutdown: nothing else to do
+        pass
+
+
+def install_traceback_redaction() -> None:
+    """Uncaught exceptions are printed by Python to stderr without logging: in the main thread
+    (sys.excepthook) and in other threads (threading.excepthook). Both print redacted text from
+    now on. Idempotent."""
+    global _hooks_installed
+    with _lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+
+    def main_thread_hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            return sys.__excepthook__(exc_type, exc, tb)
+        _print_redacted(exc_type, exc, tb)
+
+    def thread_hook(args):
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "unknown"
+        _print_redacted(args.exc_type, args.exc_value, args.exc_traceback,
+                        header=f"Exception in thread {name}:\n")
+
+    sys.excepthook = main_thread_hook
+    threading.excepthook = thread_hook
+
+
 def protect(settings: Any) -> None:
     """At a process's start (API app, worker runtime, CLI command): register the settings'
-    secrets and redact every log record from now on."""
+    secrets and redact every log record and uncaught traceback from now on."""
     register_settings(settings)
     install_log_redaction()
+    install_traceback_redaction()

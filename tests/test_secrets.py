@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler
 
 import httpx
@@ -199,3 +202,27 @@ def test_serve_logs_show_no_secret(tmp_path, echoing_server, postgres_url):  # n
     assert upgrade.exit_code == 0, upgrade.output
     assert "postgres:****@" in upgrade.output
     assert_no_secret(upgrade.output, "longform db upgrade")
+
+
+def test_an_uncaught_traceback_shows_no_secret(tmp_path):
+    """Python prints an uncaught exception's traceback itself, outside logging: in the main thread
+    and in any other. After `protect`, both are redacted and still say what failed."""
+    script = (
+        "import threading\n"
+        "from agents.redact import protect\n"
+        "from agents.settings import Settings\n"
+        "settings = Settings()\n"
+        "protect(settings)\n"
+        "def leak():\n"
+        "    raise ValueError('server said: bad key ' + settings.llm_api_key)\n"
+        "t = threading.Thread(target=leak, name='caller'); t.start(); t.join()\n"
+        "raise RuntimeError('could not reach ' + settings.database_url)\n"
+    )
+    env = {**os.environ, "LLM_API_KEY": LLM_KEY,
+           "DATABASE_URL": f"postgresql+psycopg://longform:{DB_PASSWORD}@127.0.0.1:1/none"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Exception in thread caller" in done.stderr and "ValueError: server said: bad key ****" in done.stderr
+    assert "RuntimeError: could not reach postgresql+psycopg://longform:****@127.0.0.1:1/none" in done.stderr
+    assert LLM_KEY not in done.stderr and DB_PASSWORD not in done.stderr
