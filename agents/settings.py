@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     max_document_bytes: int = 20 * 1024 * 1024
     max_target_words: int = 100_000
     # Per-key rate limit on /v1 (api/rate_limit.py): requests per API key (per client address
-    # without a key) in any 60 s; over it, 429 with Retry-After. 0: off (the default).
+    # without a key; and keys refused with 401, per address) in any 60 s; over it, 429 with
+    # Retry-After. 0: off (the default).
     rate_limit_per_minute: int = Field(default=0, ge=0)
     # Where the counts live: a `limits` storage URI (memory://, redis://HOST:6379/1...). Empty:
     # the broker's Redis when BROKER_URL is one (all API replicas share a count), else memory.

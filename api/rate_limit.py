@@ -4,6 +4,10 @@
   in any 60 seconds, with no double burst at a window edge as a fixed window allows.
 - Keyed by the API key presented (its SHA-256, never the key itself, since the count may live in
   Redis), or by the client's address for requests without a key.
+- Keys the API refuses (401) are also counted against the client's address: one made-up key
+  per request would otherwise get a fresh count each time. Past N refusals in 60 seconds, that
+  address's requests with a key get 429 until the window moves on (a valid key from the same
+  address included: the middleware cannot tell keys apart without the database).
 - Where the count lives (RATE_LIMIT_STORAGE): in this process's memory by default, which is right
   for one API process; with a Redis BROKER_URL the broker's Redis, so that every API replica
   behind a load balancer shares one count per key. Any URI of `limits` may be given (memory://,
@@ -45,6 +49,11 @@ def storage_uri(settings) -> str:
     return "memory://"
 
 
+def address(scope) -> str:
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "unknown")
+
+
 def identity(scope) -> str:
     """Who a request counts against: its API key (hashed), else its client address."""
     headers = {k.lower(): v for k, v in scope.get("headers") or []}
@@ -52,8 +61,7 @@ def identity(scope) -> str:
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
     if key:
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-    client = scope.get("client")
-    return "ip:" + (client[0] if client else "unknown")
+    return address(scope)
 
 
 class RateLimit:
@@ -69,30 +77,52 @@ class RateLimit:
         self.in_thread = not storage.startswith("memory")
         self._warned_at = -math.inf
 
-    def _hit(self, who: str) -> float | None:
-        """Count one request. None: allowed; else the seconds until one is allowed again."""
-        if self.limiter.hit(self.item, NAMESPACE, who):
-            return None
+    def _wait(self, who: str) -> float:
         reset_at, _remaining = self.limiter.get_window_stats(self.item, NAMESPACE, who)
         return max(reset_at - time.time(), 0.0)
+
+    def _hit(self, who: str, refusals: str | None) -> tuple[float, str] | None:
+        """Count one request. None: allowed; else the seconds until one is allowed again, and why."""
+        if refusals is not None and not self.limiter.test(self.item, NAMESPACE, refusals):
+            return self._wait(refusals), (f"too many requests with unknown API keys from this address: at most "
+                                          f"{self.per_minute} a minute")
+        if self.limiter.hit(self.item, NAMESPACE, who):
+            return None
+        return self._wait(who), f"rate limit exceeded: at most {self.per_minute} requests a minute per API key"
+
+    def _refused_key(self, refusals: str) -> None:
+        self.limiter.hit(self.item, NAMESPACE, refusals)
+
+    async def _store(self, call, *args):
+        """Ask the store; when it fails (Redis down) say so at most once a minute and answer None."""
+        try:
+            return await asyncio.to_thread(call, *args) if self.in_thread else call(*args)
+        except Exception as exc:
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("rate limit store unavailable, requests are not limited: %s: %s", type(exc).__name__, exc)
+            return None
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if not (path == LIMITED_PREFIX or path.startswith(LIMITED_PREFIX + "/")):
             return await self.app(scope, receive, send)
         who = identity(scope)
-        try:
-            wait = await asyncio.to_thread(self._hit, who) if self.in_thread else self._hit(who)
-        except Exception as exc:  # the store is down: let the request through
-            if time.monotonic() - self._warned_at > 60:
-                self._warned_at = time.monotonic()
-                log.warning("rate limit store unavailable, requests are not limited: %s: %s", type(exc).__name__, exc)
-            wait = None
-        if wait is None:
-            return await self.app(scope, receive, send)
+        refusals = "refused-keys:" + address(scope) if who.startswith("key:") else None
+        refused = await self._store(self._hit, who, refusals)
+        if refused is None:
+            if refusals is None:
+                return await self.app(scope, receive, send)
+
+            async def watching_send(message):
+                if message["type"] == "http.response.start" and message["status"] == 401:
+                    await self._store(self._refused_key, refusals)
+                await send(message)
+
+            return await self.app(scope, receive, watching_send)
+        wait, reason = refused
         retry_after = max(1, math.ceil(wait))
-        body = json.dumps({"detail": f"rate limit exceeded: at most {self.per_minute} requests a minute per API key; "
-                                     f"retry in {retry_after} s"}).encode()
+        body = json.dumps({"detail": f"{reason}; retry in {retry_after} s"}).encode()
         await send({"type": "http.response.start", "status": 429, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(retry_after).encode()), (b"x-ratelimit-limit", str(self.per_minute).encode()),

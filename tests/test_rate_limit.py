@@ -79,15 +79,31 @@ def test_the_window_moves_on(monkeypatch):
 
     limiter = rate_limit.RateLimit(app, per_minute=2)
     scope = {"type": "http", "path": "/v1/jobs", "headers": [(b"authorization", b"Bearer lf_test")], "client": ("1.2.3.4", 1)}
-    assert limiter._hit(rate_limit.identity(scope)) is None
+    who = rate_limit.identity(scope)
+    assert limiter._hit(who, None) is None
     now[0] += 20
-    assert limiter._hit(rate_limit.identity(scope)) is None
+    assert limiter._hit(who, None) is None
     now[0] += 10
-    wait = limiter._hit(rate_limit.identity(scope))
+    wait, _reason = limiter._hit(who, None)
     assert wait == pytest.approx(30, abs=1)  # the first request leaves the window 60 s after it was made
     now[0] += 31
-    assert limiter._hit(rate_limit.identity(scope)) is None  # one slot free again
-    assert limiter._hit(rate_limit.identity(scope)) is not None  # but only one
+    assert limiter._hit(who, None) is None  # one slot free again
+    assert limiter._hit(who, None) is not None  # but only one
+
+
+def test_made_up_keys_are_counted_against_their_address(tmp_path):
+    """A new made-up key on every request would get a fresh count each time: the API's refusals
+    (401) count against the client's address, and past the limit its keyed requests get 429."""
+    settings = make_settings(tmp_path, rate_limit_per_minute=3, require_api_keys="always")
+    [alice] = keys(settings, "alice")
+    with running_api(settings, run_worker=False) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/v1/jobs", headers={"X-API-Key": alice}).status_code == 200  # a good key is no refusal
+        statuses = [client.get("/v1/jobs", headers={"X-API-Key": f"lf_madeup{i:08d}"}).status_code for i in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        refused = client.get("/v1/jobs", headers={"X-API-Key": "lf_another_one_123"})
+        assert refused.status_code == 429 and "unknown API keys" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert client.get("/healthz").status_code == 200
 
 
 def test_the_storage_is_the_brokers_redis_unless_told(tmp_path):
