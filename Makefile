@@ -3,7 +3,15 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench lock clean
+
+# The exact versions the suite last passed with (scripts/lock.sh), for the Python they were made
+# on: a fresh machine gets that set, not whatever was released since. Another Python version
+# installs the newest releases pyproject.toml's ranges allow. `make setup CONSTRAINTS=` does too.
+LOCKED_PYTHON := $(shell sed -n '1s/.*CPython \([0-9.]*\).*/\1/p' constraints.txt 2>/dev/null)
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CONSTRAINTS ?= $(if $(filter $(LOCKED_PYTHON),$(PYTHON_VERSION)),constraints.txt)
+PIP_ENV := $(if $(CONSTRAINTS),PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)))
 
 # The code sandbox's own Python (sandbox/build.py): a copy of the interpreter with the standard
 # library plus numpy and sympy, outside the repo and apart from .venv. Built once; kept while present.
@@ -27,16 +35,16 @@ $(VENV)/bin/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(LLAMA_STAMP): | $(VENV)/bin/python
-	bash scripts/install_llama.sh $(BIN)/pip '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)'
+	$(PIP_ENV) bash scripts/install_llama.sh $(BIN)/pip '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)'
 	rm -f $(VENV)/.llama-* $(VENV)/.installed
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(LLAMA_STAMP)
-	$(BIN)/pip install -q -e ".[embedded,dev]"
+$(VENV)/.installed: pyproject.toml constraints.txt $(LLAMA_STAMP)
+	$(PIP_ENV) $(BIN)/pip install -q -e ".[embedded,dev]"
 	touch $@
 
 $(SANDBOX_PYTHON)/longform-sandbox.json: sandbox/build.py | $(VENV)/.installed
-	$(BIN)/python -m sandbox.build '$(SANDBOX_PYTHON)'
+	$(PIP_ENV) $(BIN)/python -m sandbox.build '$(SANDBOX_PYTHON)'
 	touch '$@'
 
 demo: setup
@@ -59,6 +67,10 @@ bench: setup
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/faults.py
+
+# After a change of dependencies and a green `make test`: pin what is installed now.
+lock: setup
+	bash scripts/lock.sh $(BIN)/pip '$(SANDBOX_PYTHON)'
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
