@@ -109,8 +109,8 @@ class RateLimit:
             return await self.app(scope, receive, send)
         who = identity(scope)
         refusals = "refused-keys:" + address(scope) if who.startswith("key:") else None
-        refused = await self._store(self._hit, who, refusals)
-        if refused is None:
+        blocked = await self._store(self._hit, who, refusals)
+        if blocked is None:
             if refusals is None:
                 return await self.app(scope, receive, send)
 
@@ -120,7 +120,7 @@ class RateLimit:
                 await send(message)
 
             return await self.app(scope, receive, watching_send)
-        wait, reason = refused
+        wait, reason = blocked
         retry_after = max(1, math.ceil(wait))
         body = json.dumps({"detail": f"{reason}; retry in {retry_after} s"}).encode()
         await send({"type": "http.response.start", "status": 429, "headers": [
