@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench lock clean
+.PHONY: setup demo test test-long test-fast bench lock clean
 
 # The exact versions the suite last passed with (scripts/lock.sh), for the Python they were made
 # on: a fresh machine gets that set, not whatever was released since. Another Python version
@@ -50,9 +50,13 @@ $(SANDBOX_PYTHON)/longform-sandbox.json: sandbox/build.py | $(VENV)/.installed
 demo: setup
 	bash scripts/demo.sh
 
-# The whole suite: unit tests, PostgreSQL and Redis integration, the real embedded model, slow tests.
+# The whole suite: unit tests, PostgreSQL and Redis integration, the real embedded model, slow tests;
+# all but the `long` real-model runs (over 10 minutes each on a slow host), which `test-long` runs.
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "not long"
+
+test-long: setup
+	$(BIN)/python -m pytest -q -ra -m long
 
 # Everyday loop: skip the real model and slow tests.
 test-fast: setup
