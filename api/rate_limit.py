@@ -90,9 +90,6 @@ class RateLimit:
             return None
         return self._wait(who), f"rate limit exceeded: at most {self.per_minute} requests a minute per API key"
 
-    def _refused_key(self, refusals: str) -> None:
-        self.limiter.hit(self.item, NAMESPACE, refusals)
-
     async def _store(self, call, *args):
         """Ask the store; when it fails (Redis down) say so at most once a minute and answer None."""
         try:
@@ -116,7 +113,7 @@ class RateLimit:
 
             async def watching_send(message):
                 if message["type"] == "http.response.start" and message["status"] == 401:
-                    await self._store(self._refused_key, refusals)
+                    await self._store(self.limiter.hit, self.item, NAMESPACE, refusals)
                 await send(message)
 
             return await self.app(scope, receive, watching_send)
